@@ -1,0 +1,162 @@
+//! Watches of the embedded engine. Each watch is a task that subscribes to the writer's
+//! committed batches *before* reading history, so that the seam between replay and live events
+//! has no gap; events at or below what was replayed are skipped, so it has no duplicate either.
+//! A watcher that falls behind the live channel replays the missed revisions from disk instead
+//! of holding memory for it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+
+use super::codec::{HISTORY, META, META_COMPACT, META_REVISION, REVISIONS, rev_i};
+use super::{Batch, Shared, read, storage_err};
+use crate::types::{Event, Revision, WatchRequest, WatchResponse};
+use crate::{Error, Result, WatchStream};
+
+/// Events read from disk per step of a replay.
+const REPLAY_CHUNK: usize = 1000;
+
+pub(crate) fn start(shared: Arc<Shared>, req: WatchRequest) -> Result<WatchStream> {
+    // Subscribe first: every commit after this point reaches the receiver.
+    let live = shared.events.subscribe();
+    let current = shared.revision.load(Ordering::Acquire);
+    let next = match req.start_revision {
+        Some(r) if r > 0 => r,
+        _ => current + 1,
+    };
+    let compact = shared.compact_revision.load(Ordering::Acquire);
+    if next < compact {
+        return Err(Error::Compacted {
+            requested: next,
+            compact_revision: compact,
+        });
+    }
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(run(shared, req, next, live, tx));
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+type Out = mpsc::Sender<Result<WatchResponse>>;
+
+async fn run(
+    shared: Arc<Shared>,
+    req: WatchRequest,
+    mut next: Revision,
+    mut live: broadcast::Receiver<Arc<Batch>>,
+    tx: Out,
+) {
+    let mut closed = shared.closed.subscribe();
+    if *closed.borrow_and_update() {
+        return;
+    }
+    let mut progress = tokio::time::interval(shared.progress_interval);
+    progress.reset();
+    'catch_up: loop {
+        // Replay from disk until the snapshot's revision.
+        loop {
+            match replay_step(&shared, &req, next) {
+                Ok((events, upto, snapshot)) => {
+                    if !events.is_empty()
+                        && tx
+                            .send(Ok(WatchResponse {
+                                events,
+                                revision: upto,
+                            }))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    next = upto + 1;
+                    if upto >= snapshot {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        // Then follow the writer.
+        loop {
+            tokio::select! {
+                batch = live.recv() => match batch {
+                    Ok(batch) => {
+                        if batch.revision < next {
+                            continue;
+                        }
+                        let events = select_events(&req, &batch.events, next);
+                        next = batch.revision + 1;
+                        if !events.is_empty() {
+                            progress.reset();
+                            if tx.send(Ok(WatchResponse { events, revision: batch.revision })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = progress.tick(), if req.progress_notify => {
+                    let notice = WatchResponse { events: Vec::new(), revision: next - 1 };
+                    if tx.send(Ok(notice)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+                _ = closed.changed() => return,
+            }
+        }
+    }
+}
+
+/// One chunk of replay from `next`: the events, the last revision covered, and the revision of
+/// the snapshot read (replay is done once the covered revision reaches it).
+fn replay_step(
+    shared: &Shared,
+    req: &WatchRequest,
+    next: Revision,
+) -> Result<(Vec<Event>, Revision, Revision)> {
+    shared.read(|txn| {
+        let meta = txn.open_table(META).map_err(storage_err)?;
+        let snapshot = rev_i(read::meta_get(&meta, META_REVISION)?.unwrap_or(0));
+        let compact = rev_i(read::meta_get(&meta, META_COMPACT)?.unwrap_or(0));
+        if next < compact {
+            return Err(Error::Compacted {
+                requested: next,
+                compact_revision: compact,
+            });
+        }
+        if next > snapshot {
+            return Ok((Vec::new(), snapshot, snapshot));
+        }
+        let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
+        let history = txn.open_table(HISTORY).map_err(storage_err)?;
+        let (events, upto) = read::replay(
+            &revisions,
+            &history,
+            &req.range,
+            next,
+            snapshot,
+            req.prev_kv,
+            REPLAY_CHUNK,
+        )?;
+        Ok((events, upto, snapshot))
+    })
+}
+
+/// The events of a live batch that this watch wants, from revision `next` on.
+fn select_events(req: &WatchRequest, events: &[Event], next: Revision) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| e.kv.mod_revision >= next && req.range.contains(&e.kv.key))
+        .map(|e| Event {
+            kind: e.kind,
+            kv: e.kv.clone(),
+            prev_kv: if req.prev_kv { e.prev_kv.clone() } else { None },
+        })
+        .collect()
+}

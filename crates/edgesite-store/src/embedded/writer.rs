@@ -1,0 +1,790 @@
+//! The single writer of the embedded engine. Every change goes through one thread that drains
+//! all queued requests into one redb write transaction and commits it with one fsync (group
+//! commit): throughput grows with concurrency while each caller is answered only once its write
+//! is durable. The writer also runs compaction, a bounded step per commit, so that reclaiming
+//! space never stalls writes.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::codec::{
+    HISTORY, LATEST, LEASE_KEYS, LEASES, META, META_COMPACT, META_COMPACTED_UPTO, META_NEXT_LEASE,
+    META_REVISION, Meta, REVISIONS, TOMBSTONE, Version, encode_put, rev_i, rev_u,
+};
+use super::read::{range_at, range_current};
+use super::{Batch, CompactionPolicy, Shared, storage_err};
+use crate::error::key_str;
+use crate::types::{
+    Event, EventType, KeyRange, KeyValue, LeaseId, MAX_VALUE_BYTES, Revision, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
+};
+use crate::{Error, Result};
+
+/// A request to the writer; each carries the channel its answer goes back on.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Txn(Txn, oneshot::Sender<Result<TxnResponse>>),
+    LeaseGrant(i64, oneshot::Sender<Result<LeaseId>>),
+    /// Revoke a lease; without a reply channel it is an expiry found by the lease timer.
+    LeaseRevoke(LeaseId, Option<oneshot::Sender<Result<()>>>),
+    Compact(Revision, oneshot::Sender<Result<()>>),
+    /// Finish what is queued before this, then stop.
+    Shutdown,
+}
+
+/// Most requests folded into one commit.
+const MAX_BATCH: usize = 1024;
+/// Most value bytes folded into one commit.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Change-log entries physically compacted per commit that also carries client writes.
+const COMPACT_STEP_BUSY: usize = 512;
+/// Change-log entries physically compacted per commit when the writer is idle.
+const COMPACT_STEP_IDLE: usize = 8192;
+
+/// The writer's own state; what readers need is published through [`Shared`] after each commit.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    db: Arc<redb::Database>,
+    rx: Receiver<Command>,
+    revision: Revision,
+    compact: Revision,
+    compacted_upto: Revision,
+    next_lease: u64,
+    policy: CompactionPolicy,
+    /// (when, revision) samples for time-based automatic compaction.
+    samples: VecDeque<(Instant, Revision)>,
+}
+
+/// The open tables of one write transaction.
+struct Tables<'t> {
+    latest: Table<'t, &'static [u8], &'static [u8]>,
+    history: Table<'t, (&'static [u8], u64), &'static [u8]>,
+    revisions: Table<'t, (u64, u32), &'static [u8]>,
+    leases: Table<'t, u64, i64>,
+    lease_keys: Table<'t, (u64, &'static [u8]), ()>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            latest: txn.open_table(LATEST).map_err(storage_err)?,
+            history: txn.open_table(HISTORY).map_err(storage_err)?,
+            revisions: txn.open_table(REVISIONS).map_err(storage_err)?,
+            leases: txn.open_table(LEASES).map_err(storage_err)?,
+            lease_keys: txn.open_table(LEASE_KEYS).map_err(storage_err)?,
+            meta: txn.open_table(META).map_err(storage_err)?,
+        })
+    }
+
+    fn latest_meta(&self, key: &[u8]) -> Result<Option<Meta>> {
+        Ok(self
+            .latest
+            .get(key)
+            .map_err(storage_err)?
+            .map(|g| Meta::decode(g.value())))
+    }
+
+    fn latest_kv(&self, key: &[u8], with_value: bool) -> Result<Option<KeyValue>> {
+        let Some(meta) = self.latest_meta(key)? else {
+            return Ok(None);
+        };
+        let value = if with_value {
+            let g = self
+                .history
+                .get((key, rev_u(meta.mod_revision)))
+                .map_err(storage_err)?;
+            match g.as_ref().map(|g| Version::decode(g.value())) {
+                Some(Version::Put(_, v)) => v.to_vec(),
+                _ => {
+                    return Err(Error::Storage(format!(
+                        "history of {:?} is missing its current version: the database is damaged",
+                        key_str(key)
+                    )));
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(Some(meta.into_kv(key.to_vec(), value)))
+    }
+}
+
+/// What one command yields, answered once the commit is known to have succeeded or failed.
+enum Outcome {
+    Txn(oneshot::Sender<Result<TxnResponse>>, Result<TxnResponse>),
+    LeaseGranted(oneshot::Sender<Result<LeaseId>>, Result<(LeaseId, i64)>),
+    LeaseRevoked(Option<oneshot::Sender<Result<()>>>, LeaseId, Result<()>),
+    Compacted(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        db: Arc<redb::Database>,
+        rx: Receiver<Command>,
+        start: &super::Recovered,
+        policy: CompactionPolicy,
+    ) -> Self {
+        Self {
+            shared,
+            db,
+            rx,
+            revision: start.revision,
+            compact: start.compact,
+            compacted_upto: start.compacted_upto,
+            next_lease: start.next_lease,
+            policy,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Runs until every sender is gone.
+    pub(crate) fn run(mut self) {
+        let mut last_sample = Instant::now() - Duration::from_secs(3600);
+        loop {
+            let pending_compaction = self.compacted_upto < self.compact;
+            let wait = if pending_compaction {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(500)
+            };
+            let mut batch = Vec::new();
+            let mut shutdown = false;
+            match self.rx.recv_timeout(wait) {
+                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => shutdown = true,
+                Ok(cmd) => batch.push(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if !batch.is_empty() {
+                let mut bytes = 0;
+                while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                    match self.rx.try_recv() {
+                        Ok(Command::Shutdown) => {
+                            shutdown = true;
+                            break;
+                        }
+                        Ok(cmd) => {
+                            bytes += command_bytes(&cmd);
+                            batch.push(cmd);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if shutdown {
+                if !batch.is_empty() {
+                    self.commit_batch(batch, 0);
+                }
+                return;
+            }
+            if last_sample.elapsed() >= Duration::from_secs(1) {
+                last_sample = Instant::now();
+                self.sample_and_plan_compaction();
+            } else if self.policy.keep_revisions.is_some() {
+                self.plan_revision_compaction();
+            }
+            if batch.is_empty() && self.compacted_upto >= self.compact {
+                continue;
+            }
+            let step = if batch.is_empty() {
+                COMPACT_STEP_IDLE
+            } else {
+                COMPACT_STEP_BUSY
+            };
+            self.commit_batch(batch, step);
+        }
+    }
+
+    /// Records the current revision for time-based compaction and moves the compaction point
+    /// forward if the policy says so.
+    fn sample_and_plan_compaction(&mut self) {
+        let now = Instant::now();
+        self.samples.push_back((now, self.revision));
+        if let Some(keep) = self.policy.keep_duration {
+            let mut target = None;
+            while let Some(&(t, rev)) = self.samples.front() {
+                if now.duration_since(t) >= keep {
+                    target = Some(rev);
+                    self.samples.pop_front();
+                } else {
+                    break;
+                }
+            }
+            if let Some(rev) = target {
+                self.raise_compaction(rev);
+            }
+        } else {
+            self.samples.clear();
+        }
+        self.plan_revision_compaction();
+    }
+
+    fn plan_revision_compaction(&mut self) {
+        if let Some(keep) = self.policy.keep_revisions {
+            let keep = keep.max(1) as i64;
+            // Move in steps of an eighth of the window so that compaction runs in batches.
+            let slack = (keep / 8).max(1);
+            if self.revision - self.compact >= keep + slack {
+                self.raise_compaction(self.revision - keep);
+            }
+        }
+    }
+
+    /// Moves the logical compaction point; it is persisted with the next commit.
+    fn raise_compaction(&mut self, rev: Revision) {
+        if rev > self.compact && rev <= self.revision {
+            self.compact = rev;
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Command>, compact_step: usize) {
+        let rev_before = self.revision;
+        let compact_before = (self.compact, self.compacted_upto);
+        let next_lease_before = self.next_lease;
+        let mut events = Vec::new();
+        let result = self.apply_batch(batch, compact_step, &mut events);
+        match result {
+            Ok(outcomes) => {
+                self.publish(rev_before, events);
+                for outcome in outcomes {
+                    self.answer(outcome);
+                }
+            }
+            Err((err, outcomes)) => {
+                tracing::error!(error = %err, "store commit failed; the batch is discarded");
+                self.revision = rev_before;
+                (self.compact, self.compacted_upto) = compact_before;
+                self.next_lease = next_lease_before;
+                let msg = err.to_string();
+                for outcome in outcomes {
+                    fail(outcome, &msg);
+                }
+            }
+        }
+    }
+
+    /// Applies a batch in one write transaction and commits it. On failure, returns the error
+    /// and the outcomes (whose answers must then be replaced by the failure).
+    #[allow(clippy::type_complexity)]
+    fn apply_batch(
+        &mut self,
+        batch: Vec<Command>,
+        compact_step: usize,
+        events: &mut Vec<Event>,
+    ) -> Result<Vec<Outcome>, (Error, Vec<Outcome>)> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut wtxn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let err = storage_err(e);
+                let outcomes = batch.into_iter().map(pending_outcome).collect();
+                return Err((err, outcomes));
+            }
+        };
+        // Quick repair keeps the allocator state in every commit, so that a restart after a
+        // crash does not walk the whole file.
+        wtxn.set_quick_repair(true);
+        if let Err(e) = wtxn.set_durability(Durability::Immediate) {
+            let outcomes = batch.into_iter().map(pending_outcome).collect();
+            return Err((Error::Storage(e.to_string()), outcomes));
+        }
+        let applied = (|| -> Result<()> {
+            let mut t = Tables::open(&wtxn)?;
+            let mut batch = batch.into_iter();
+            while let Some(cmd) = batch.next() {
+                match self.apply(&mut t, cmd, events) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err((e, outcome)) => {
+                        outcomes.push(outcome);
+                        outcomes.extend(batch.by_ref().map(pending_outcome));
+                        return Err(e);
+                    }
+                }
+            }
+            t.meta
+                .insert(META_REVISION, rev_u(self.revision))
+                .map_err(storage_err)?;
+            t.meta
+                .insert(META_NEXT_LEASE, self.next_lease)
+                .map_err(storage_err)?;
+            t.meta
+                .insert(META_COMPACT, rev_u(self.compact))
+                .map_err(storage_err)?;
+            if self.compacted_upto < self.compact {
+                self.compacted_upto =
+                    compact_step_apply(&mut t, self.compacted_upto, self.compact, compact_step)?;
+                t.meta
+                    .insert(META_COMPACTED_UPTO, rev_u(self.compacted_upto))
+                    .map_err(storage_err)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = applied {
+            let _ = wtxn.abort();
+            return Err((e, outcomes));
+        }
+        match wtxn.commit() {
+            Ok(()) => Ok(outcomes),
+            Err(e) => Err((storage_err(e), outcomes)),
+        }
+    }
+
+    /// Applies one command. A refusal (bad request, failed precondition) is an `Ok` outcome
+    /// carrying the error; an `Err` is a storage failure that aborts the batch.
+    fn apply(
+        &mut self,
+        t: &mut Tables<'_>,
+        cmd: Command,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, (Error, Outcome)> {
+        match cmd {
+            Command::Txn(txn, reply) => match self.apply_txn(t, txn, events) {
+                Ok(r) => Ok(Outcome::Txn(reply, r)),
+                Err(e) => Err((e, Outcome::Txn(reply, Err(Error::Closed)))),
+            },
+            Command::LeaseGrant(ttl, reply) => {
+                if ttl <= 0 {
+                    return Ok(Outcome::LeaseGranted(
+                        reply,
+                        Err(Error::InvalidRequest(format!(
+                            "lease TTL must be positive, got {ttl}"
+                        ))),
+                    ));
+                }
+                let id = self.next_lease;
+                match t.leases.insert(id, ttl) {
+                    Ok(_) => {
+                        self.next_lease += 1;
+                        Ok(Outcome::LeaseGranted(reply, Ok((id as LeaseId, ttl))))
+                    }
+                    Err(e) => Err((
+                        storage_err(e),
+                        Outcome::LeaseGranted(reply, Err(Error::Closed)),
+                    )),
+                }
+            }
+            Command::LeaseRevoke(id, reply) => match self.revoke(t, id, events) {
+                Ok(r) => Ok(Outcome::LeaseRevoked(reply, id, r)),
+                Err(e) => Err((e, Outcome::LeaseRevoked(reply, id, Err(Error::Closed)))),
+            },
+            Command::Shutdown => unreachable!("the run loop handles shutdown"),
+            Command::Compact(rev, reply) => {
+                let r = if rev > self.revision {
+                    Err(Error::FutureRevision {
+                        requested: rev,
+                        current: self.revision,
+                    })
+                } else if rev < self.compact {
+                    Err(Error::Compacted {
+                        requested: rev,
+                        compact_revision: self.compact,
+                    })
+                } else {
+                    self.compact = rev;
+                    Ok(())
+                };
+                Ok(Outcome::Compacted(reply, r))
+            }
+        }
+    }
+
+    fn apply_txn(
+        &mut self,
+        t: &mut Tables<'_>,
+        txn: Txn,
+        events: &mut Vec<Event>,
+    ) -> Result<Result<TxnResponse>> {
+        let mut succeeded = true;
+        for cmp in &txn.compare {
+            let with_value = matches!(cmp.target, crate::types::CompareTarget::Value(_));
+            let kv = t.latest_kv(&cmp.key, with_value)?;
+            if !cmp.evaluate(kv.as_ref()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { txn.success } else { txn.failure };
+        if let Err(e) = validate_ops(t, &ops)? {
+            return Ok(Err(e));
+        }
+        let new_rev = self.revision + 1;
+        let mut sub = 0u32;
+        let mut changed = false;
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                TxnOp::Range(req) => {
+                    let resp = match req.revision.filter(|r| *r > 0 && *r != self.revision) {
+                        None => range_current(&t.latest, &t.history, &req, self.revision)?,
+                        Some(at) if at > self.revision => {
+                            return Ok(Err(Error::FutureRevision {
+                                requested: at,
+                                current: self.revision,
+                            }));
+                        }
+                        Some(at) if at < self.compact => {
+                            return Ok(Err(Error::Compacted {
+                                requested: at,
+                                compact_revision: self.compact,
+                            }));
+                        }
+                        Some(at) => range_at(&t.history, &req, at, self.revision)?,
+                    };
+                    responses.push(TxnOpResponse::Range(resp));
+                }
+                TxnOp::Put {
+                    key,
+                    value,
+                    lease,
+                    prev_kv,
+                } => {
+                    let prev = t.latest_kv(&key, true)?;
+                    let meta = Meta {
+                        create_revision: prev.as_ref().map_or(new_rev, |p| p.create_revision),
+                        mod_revision: new_rev,
+                        version: prev.as_ref().map_or(0, |p| p.version) + 1,
+                        lease,
+                    };
+                    t.latest
+                        .insert(key.as_slice(), meta.encode().as_slice())
+                        .map_err(storage_err)?;
+                    t.history
+                        .insert(
+                            (key.as_slice(), rev_u(new_rev)),
+                            encode_put(&meta, &value).as_slice(),
+                        )
+                        .map_err(storage_err)?;
+                    t.revisions
+                        .insert((rev_u(new_rev), sub), key.as_slice())
+                        .map_err(storage_err)?;
+                    sub += 1;
+                    let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+                    if old_lease != 0 && old_lease != lease {
+                        t.lease_keys
+                            .remove((rev_u(old_lease), key.as_slice()))
+                            .map_err(storage_err)?;
+                    }
+                    if lease != 0 {
+                        t.lease_keys
+                            .insert((rev_u(lease), key.as_slice()), ())
+                            .map_err(storage_err)?;
+                    }
+                    changed = true;
+                    responses.push(TxnOpResponse::Put {
+                        prev_kv: if prev_kv { prev.clone() } else { None },
+                    });
+                    events.push(Event {
+                        kind: EventType::Put,
+                        kv: meta.into_kv(key, value),
+                        prev_kv: prev,
+                    });
+                }
+                TxnOp::Delete { range, prev_kv } => {
+                    let keys = keys_in(&t.latest, &range)?;
+                    let mut prev_kvs = Vec::new();
+                    for key in &keys {
+                        let prev = delete_key(t, key, new_rev, sub, events)?;
+                        sub += 1;
+                        if prev_kv {
+                            prev_kvs.extend(prev);
+                        }
+                    }
+                    changed |= !keys.is_empty();
+                    responses.push(TxnOpResponse::Delete {
+                        deleted: keys.len() as u64,
+                        prev_kvs,
+                    });
+                }
+            }
+        }
+        if changed {
+            self.revision = new_rev;
+        }
+        Ok(Ok(TxnResponse {
+            succeeded,
+            revision: self.revision,
+            responses,
+        }))
+    }
+
+    /// Deletes the keys of a lease and the lease itself, all at one revision.
+    fn revoke(
+        &mut self,
+        t: &mut Tables<'_>,
+        id: LeaseId,
+        events: &mut Vec<Event>,
+    ) -> Result<Result<()>> {
+        let lid = rev_u(id);
+        if t.leases.get(lid).map_err(storage_err)?.is_none() {
+            return Ok(Err(Error::LeaseNotFound(id)));
+        }
+        let mut keys = Vec::new();
+        for entry in t
+            .lease_keys
+            .range((lid, &[][..])..(lid + 1, &[][..]))
+            .map_err(storage_err)?
+        {
+            let (k, _) = entry.map_err(storage_err)?;
+            keys.push(k.value().1.to_vec());
+        }
+        let new_rev = self.revision + 1;
+        for (sub, key) in keys.iter().enumerate() {
+            delete_key(t, key, new_rev, sub as u32, events)?;
+        }
+        if !keys.is_empty() {
+            self.revision = new_rev;
+        }
+        t.leases.remove(lid).map_err(storage_err)?;
+        Ok(Ok(()))
+    }
+
+    /// Makes a committed batch visible: revision, events to watchers, lease table.
+    fn publish(&mut self, rev_before: Revision, events: Vec<Event>) {
+        self.shared
+            .compact_revision
+            .store(self.compact, Ordering::Release);
+        self.shared.revision.store(self.revision, Ordering::Release);
+        if !events.is_empty() {
+            let _ = self.shared.events.send(Arc::new(Batch {
+                events,
+                revision: self.revision,
+            }));
+        }
+        debug_assert!(self.revision >= rev_before);
+    }
+
+    fn answer(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Txn(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Outcome::LeaseGranted(reply, r) => {
+                if let Ok((id, ttl)) = r {
+                    self.shared.leases.granted(id, ttl);
+                }
+                let _ = reply.send(r.map(|(id, _)| id));
+            }
+            Outcome::LeaseRevoked(reply, id, r) => {
+                if matches!(r, Ok(()) | Err(Error::LeaseNotFound(_))) {
+                    self.shared.leases.revoked(id);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Outcome::Compacted(reply, r) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// Checks a branch before any of it is applied, so that a refused transaction writes nothing.
+fn validate_ops(t: &Tables<'_>, ops: &[TxnOp]) -> Result<Result<()>> {
+    let mut put_keys = BTreeSet::new();
+    let mut deletes = Vec::new();
+    for op in ops {
+        match op {
+            TxnOp::Put {
+                key, value, lease, ..
+            } => {
+                if key.is_empty() {
+                    return Ok(Err(Error::InvalidRequest("key must not be empty".into())));
+                }
+                if value.len() > MAX_VALUE_BYTES {
+                    return Ok(Err(Error::ValueTooLarge {
+                        key: key_str(key),
+                        size: value.len(),
+                        limit: MAX_VALUE_BYTES,
+                    }));
+                }
+                if !put_keys.insert(key.as_slice()) {
+                    return Ok(Err(Error::InvalidRequest(format!(
+                        "duplicate key {:?} in one transaction",
+                        key_str(key)
+                    ))));
+                }
+                if *lease != 0 && t.leases.get(rev_u(*lease)).map_err(storage_err)?.is_none() {
+                    return Ok(Err(Error::LeaseNotFound(*lease)));
+                }
+            }
+            TxnOp::Delete { range, .. } => {
+                if matches!(range, KeyRange::Key(k) if k.is_empty()) {
+                    return Ok(Err(Error::InvalidRequest("key must not be empty".into())));
+                }
+                deletes.push(range);
+            }
+            TxnOp::Range(_) => {}
+        }
+    }
+    if let Some(key) = put_keys
+        .iter()
+        .find(|k| deletes.iter().any(|r| r.contains(k)))
+    {
+        return Ok(Err(Error::InvalidRequest(format!(
+            "key {:?} is both put and deleted in one transaction",
+            key_str(key)
+        ))));
+    }
+    Ok(Ok(()))
+}
+
+fn keys_in(
+    latest: &Table<'_, &'static [u8], &'static [u8]>,
+    range: &KeyRange,
+) -> Result<Vec<Vec<u8>>> {
+    let (start, end) = range.bounds();
+    let iter = match &end {
+        Some(end) => latest.range::<&[u8]>(start.as_slice()..end.as_slice()),
+        None => latest.range::<&[u8]>(start.as_slice()..),
+    }
+    .map_err(storage_err)?;
+    let mut keys = Vec::new();
+    for entry in iter {
+        let (k, _) = entry.map_err(storage_err)?;
+        keys.push(k.value().to_vec());
+    }
+    Ok(keys)
+}
+
+/// Deletes one live key at `rev`, recording the tombstone and the event; returns its last value.
+fn delete_key(
+    t: &mut Tables<'_>,
+    key: &[u8],
+    rev: Revision,
+    sub: u32,
+    events: &mut Vec<Event>,
+) -> Result<Option<KeyValue>> {
+    let prev = t.latest_kv(key, true)?;
+    t.latest.remove(key).map_err(storage_err)?;
+    t.history
+        .insert((key, rev_u(rev)), TOMBSTONE.as_slice())
+        .map_err(storage_err)?;
+    t.revisions
+        .insert((rev_u(rev), sub), key)
+        .map_err(storage_err)?;
+    if let Some(p) = &prev
+        && p.lease != 0
+    {
+        t.lease_keys
+            .remove((rev_u(p.lease), key))
+            .map_err(storage_err)?;
+    }
+    events.push(Event {
+        kind: EventType::Delete,
+        kv: KeyValue {
+            key: key.to_vec(),
+            mod_revision: rev,
+            ..KeyValue::default()
+        },
+        prev_kv: prev.clone(),
+    });
+    Ok(prev)
+}
+
+/// Physically removes history that compaction made unreachable: for up to `budget` change-log
+/// entries below `compact`, the versions they superseded, themselves when superseded at or
+/// below `compact`, and tombstones that nothing reads any more. Returns the new progress mark.
+fn compact_step_apply(
+    t: &mut Tables<'_>,
+    upto: Revision,
+    compact: Revision,
+    budget: usize,
+) -> Result<Revision> {
+    let mut todo: Vec<(u64, u32, Vec<u8>)> = Vec::with_capacity(budget.min(4096));
+    for entry in t
+        .revisions
+        .range((rev_u(upto), 0u32)..(rev_u(compact), 0u32))
+        .map_err(storage_err)?
+    {
+        if todo.len() >= budget {
+            break;
+        }
+        let (k, key) = entry.map_err(storage_err)?;
+        let (rev, sub) = k.value();
+        todo.push((rev, sub, key.value().to_vec()));
+    }
+    let done = todo.len() < budget;
+    let compact_u = rev_u(compact);
+    let mut last = rev_u(upto);
+    for (rev, sub, key) in todo {
+        last = rev;
+        // Everything older than this version is superseded by it, and it is at or below the
+        // compaction point, so no read can reach those.
+        t.history
+            .retain_in((key.as_slice(), 0u64)..(key.as_slice(), rev), |_, _| false)
+            .map_err(storage_err)?;
+        let superseded = t
+            .history
+            .range((key.as_slice(), rev + 1)..=(key.as_slice(), compact_u))
+            .map_err(storage_err)?
+            .next()
+            .is_some();
+        let tombstone = t
+            .history
+            .get((key.as_slice(), rev))
+            .map_err(storage_err)?
+            .is_some_and(|g| matches!(Version::decode(g.value()), Version::Tombstone));
+        if superseded || tombstone {
+            t.history
+                .remove((key.as_slice(), rev))
+                .map_err(storage_err)?;
+        }
+        t.revisions.remove((rev, sub)).map_err(storage_err)?;
+    }
+    Ok(if done { compact } else { rev_i(last) })
+}
+
+fn command_bytes(cmd: &Command) -> usize {
+    match cmd {
+        Command::Txn(txn, _) => txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .map(|op| match op {
+                TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// The outcome slot of a command that never ran because its batch failed.
+fn pending_outcome(cmd: Command) -> Outcome {
+    match cmd {
+        Command::Txn(_, reply) => Outcome::Txn(reply, Err(Error::Closed)),
+        Command::LeaseGrant(_, reply) => Outcome::LeaseGranted(reply, Err(Error::Closed)),
+        Command::LeaseRevoke(id, reply) => Outcome::LeaseRevoked(reply, id, Err(Error::Closed)),
+        Command::Compact(_, reply) => Outcome::Compacted(reply, Err(Error::Closed)),
+        Command::Shutdown => unreachable!("the run loop handles shutdown"),
+    }
+}
+
+/// Answers a command of a failed batch with the failure.
+fn fail(outcome: Outcome, msg: &str) {
+    let err = || Error::Storage(msg.to_string());
+    match outcome {
+        Outcome::Txn(reply, _) => {
+            let _ = reply.send(Err(err()));
+        }
+        Outcome::LeaseGranted(reply, _) => {
+            let _ = reply.send(Err(err()));
+        }
+        Outcome::LeaseRevoked(reply, _, _) => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(err()));
+            }
+        }
+        Outcome::Compacted(reply, _) => {
+            let _ = reply.send(Err(err()));
+        }
+    }
+}
