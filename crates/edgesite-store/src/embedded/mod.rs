@@ -121,6 +121,29 @@ impl Shared {
             .ok_or(Error::Closed)
     }
 
+    /// Closes and reopens the database file after a failed write: redb refuses all further
+    /// writes on an instance that saw an I/O error, and the file itself is consistent at its
+    /// last commit. Readers wait on the lock for the few milliseconds this takes.
+    pub(crate) fn reopen(
+        &self,
+        old: Option<Arc<Database>>,
+        cfg: &EmbeddedConfig,
+    ) -> Result<Arc<Database>> {
+        let mut slot = self.db.write().map_err(|_| Error::Closed)?;
+        slot.take();
+        if let Some(old) = old {
+            // Reads in flight hold their own handle; the file lock goes with the last one.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let (db, _) = open_db(cfg)?;
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
     /// Runs `f` on a fresh read snapshot.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Result<T> {
         let db = self.db()?;
@@ -270,7 +293,7 @@ impl EmbeddedStore {
             shared.leases.granted(*id, *ttl);
         }
         let (tx, rx) = channel();
-        let writer = Writer::new(shared.clone(), db, rx, &recovered, config.compaction);
+        let writer = Writer::new(shared.clone(), db, rx, &recovered, config.clone());
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())

@@ -50,13 +50,17 @@ const COMPACT_STEP_IDLE: usize = 8192;
 /// The writer's own state; what readers need is published through [`Shared`] after each commit.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    db: Arc<redb::Database>,
+    /// `None` only while a reopen failed; the next batch tries again.
+    db: Option<Arc<redb::Database>>,
     rx: Receiver<Command>,
     revision: Revision,
     compact: Revision,
     compacted_upto: Revision,
     next_lease: u64,
     policy: CompactionPolicy,
+    config: super::EmbeddedConfig,
+    /// A commit failed: the database must be reopened before the next one.
+    reopen: bool,
     /// (when, revision) samples for time-based automatic compaction.
     samples: VecDeque<(Instant, Revision)>,
 }
@@ -130,17 +134,19 @@ impl Writer {
         db: Arc<redb::Database>,
         rx: Receiver<Command>,
         start: &super::Recovered,
-        policy: CompactionPolicy,
+        config: super::EmbeddedConfig,
     ) -> Self {
         Self {
             shared,
-            db,
+            db: Some(db),
             rx,
             revision: start.revision,
             compact: start.compact,
             compacted_upto: start.compacted_upto,
             next_lease: start.next_lease,
-            policy,
+            policy: config.compaction,
+            config,
+            reopen: false,
             samples: VecDeque::new(),
         }
     }
@@ -259,6 +265,7 @@ impl Writer {
             }
             Err((err, outcomes)) => {
                 tracing::error!(error = %err, "store commit failed; the batch is discarded");
+                self.reopen = true;
                 self.revision = rev_before;
                 (self.compact, self.compacted_upto) = compact_before;
                 self.next_lease = next_lease_before;
@@ -280,7 +287,23 @@ impl Writer {
         events: &mut Vec<Event>,
     ) -> Result<Vec<Outcome>, (Error, Vec<Outcome>)> {
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut wtxn = match self.db.begin_write() {
+        if self.reopen || self.db.is_none() {
+            match self.shared.reopen(self.db.take(), &self.config) {
+                Ok(db) => {
+                    tracing::info!("store reopened after a failed write");
+                    self.db = Some(db);
+                    self.reopen = false;
+                }
+                Err(e) => {
+                    let outcomes = batch.into_iter().map(pending_outcome).collect();
+                    return Err((e, outcomes));
+                }
+            }
+        }
+        let Some(db) = &self.db else {
+            unreachable!("a missing database was reopened above");
+        };
+        let mut wtxn = match db.begin_write() {
             Ok(t) => t,
             Err(e) => {
                 let err = storage_err(e);
