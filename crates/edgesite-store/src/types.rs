@@ -38,7 +38,8 @@ pub enum KeyRange {
     Range {
         /// First key in the range.
         start: Vec<u8>,
-        /// First key past the range.
+        /// First key past the range; empty (or `"\0"`, etcd's spelling) for "to the end of the
+        /// keyspace".
         end: Vec<u8>,
     },
 }
@@ -59,7 +60,9 @@ impl KeyRange {
         match self {
             Self::Key(key) => key.as_slice() == k,
             Self::Prefix(p) => k.starts_with(p),
-            Self::Range { start, end } => k >= start.as_slice() && k < end.as_slice(),
+            Self::Range { start, end } => {
+                k >= start.as_slice() && (unbounded_end(end) || k < end.as_slice())
+            }
         }
     }
 
@@ -70,6 +73,14 @@ impl KeyRange {
             Self::Key(k) => (k.clone(), Vec::new()),
             Self::Prefix(p) if p.is_empty() => (vec![0], vec![0]),
             Self::Prefix(p) => (p.clone(), prefix_end(p)),
+            Self::Range { start, end } if unbounded_end(end) => {
+                let start = if start.is_empty() {
+                    vec![0]
+                } else {
+                    start.clone()
+                };
+                (start, vec![0])
+            }
             Self::Range { start, end } => (start.clone(), end.clone()),
         }
     }
@@ -86,9 +97,14 @@ impl KeyRange {
                 let end = prefix_end(p);
                 (p.clone(), if end == [0] { None } else { Some(end) })
             }
+            Self::Range { start, end } if unbounded_end(end) => (start.clone(), None),
             Self::Range { start, end } => (start.clone(), Some(end.clone())),
         }
     }
+}
+
+fn unbounded_end(end: &[u8]) -> bool {
+    end.is_empty() || end == [0]
 }
 
 /// The smallest key greater than every key with this prefix (`"\0"` when there is none),
@@ -461,4 +477,79 @@ pub struct LeaseInfo {
     pub granted_ttl: i64,
     /// Seconds left before it expires.
     pub ttl: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ranges_agree_between_containment_bounds_and_etcd_encoding() {
+        let open = KeyRange::Range {
+            start: b"b".to_vec(),
+            end: Vec::new(),
+        };
+        assert!(open.contains(b"b") && open.contains(b"zzz") && !open.contains(b"a"));
+        assert_eq!(open.bounds(), (b"b".to_vec(), None));
+        assert_eq!(open.to_etcd(), (b"b".to_vec(), vec![0]));
+        let nul = KeyRange::Range {
+            start: b"b".to_vec(),
+            end: vec![0],
+        };
+        assert_eq!(nul.bounds(), open.bounds());
+        let closed = KeyRange::Range {
+            start: b"b".to_vec(),
+            end: b"d".to_vec(),
+        };
+        assert!(closed.contains(b"c") && !closed.contains(b"d"));
+        assert_eq!(closed.to_etcd(), (b"b".to_vec(), b"d".to_vec()));
+        assert_eq!(
+            KeyRange::prefix("a").to_etcd(),
+            (b"a".to_vec(), b"b".to_vec())
+        );
+        assert_eq!(KeyRange::prefix("").to_etcd(), (vec![0], vec![0]));
+        assert_eq!(KeyRange::prefix("").bounds(), (Vec::new(), None));
+        assert_eq!(KeyRange::key("k").to_etcd(), (b"k".to_vec(), Vec::new()));
+        assert!(KeyRange::key("k").contains(b"k") && !KeyRange::key("k").contains(b"k\0"));
+    }
+
+    #[test]
+    fn prefix_end_carries_over_0xff() {
+        assert_eq!(prefix_end(b"a"), b"b");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn compares_treat_a_missing_key_as_zero() {
+        let c = Compare::new("k", CompareOp::Equal, CompareTarget::CreateRevision(0));
+        assert!(c.evaluate(None));
+        let v = Compare::new(
+            "k",
+            CompareOp::NotEqual,
+            CompareTarget::Value(b"x".to_vec()),
+        );
+        assert!(
+            !v.evaluate(None),
+            "a value compare against a missing key is false"
+        );
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: b"b".to_vec(),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: 0,
+        };
+        assert!(
+            Compare::new("k", CompareOp::Greater, CompareTarget::Value(b"a".to_vec()))
+                .evaluate(Some(&kv))
+        );
+        assert!(
+            Compare::new("k", CompareOp::Less, CompareTarget::ModRevision(6)).evaluate(Some(&kv))
+        );
+        assert!(
+            !Compare::new("k", CompareOp::Equal, CompareTarget::Version(2)).evaluate(Some(&kv))
+        );
+    }
 }
