@@ -132,11 +132,7 @@ impl Shared {
         let mut slot = self.db.write().map_err(|_| Error::Closed)?;
         slot.take();
         if let Some(old) = old {
-            // Reads in flight hold their own handle; the file lock goes with the last one.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            release(old);
         }
         let (db, _) = open_db(cfg)?;
         let db = Arc::new(db);
@@ -149,6 +145,15 @@ impl Shared {
         let db = self.db()?;
         let txn = db.begin_read().map_err(storage_err)?;
         f(&txn)
+    }
+}
+
+/// Drops the last handle on the database once reads in flight (which hold their own) are done,
+/// so that the file lock is released by the time this returns.
+fn release(db: Arc<Database>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&db) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -324,10 +329,11 @@ impl Drop for EmbeddedStore {
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
-        if let Ok(mut db) = self.shared.db.write() {
-            db.take();
-        }
+        let db = self.shared.db.write().ok().and_then(|mut slot| slot.take());
         self.shared.closed.send_replace(true);
+        if let Some(db) = db {
+            release(db);
+        }
     }
 }
 

@@ -69,7 +69,8 @@ async fn run(
                     {
                         return;
                     }
-                    next = upto + 1;
+                    // A start past the snapshot stays where it was asked to be.
+                    next = next.max(upto + 1);
                     if upto >= snapshot {
                         break;
                     }

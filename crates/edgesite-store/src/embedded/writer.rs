@@ -433,8 +433,16 @@ impl Writer {
                 break;
             }
         }
+        // As etcd does: a malformed branch refuses the transaction whichever branch runs; what
+        // depends on the state (leases, read revisions) is checked on the branch that runs.
+        // Either way the refusal comes before any write.
+        for ops in [&txn.success, &txn.failure] {
+            if let Err(e) = validate_shape(ops) {
+                return Ok(Err(e));
+            }
+        }
         let ops = if succeeded { txn.success } else { txn.failure };
-        if let Err(e) = validate_ops(t, &ops)? {
+        if let Err(e) = validate_against_state(t, &ops, self.revision, self.compact)? {
             return Ok(Err(e));
         }
         let new_rev = self.revision + 1;
@@ -444,21 +452,13 @@ impl Writer {
         for op in ops {
             match op {
                 TxnOp::Range(req) => {
-                    let resp = match req.revision.filter(|r| *r > 0 && *r != self.revision) {
-                        None => range_current(&t.latest, &t.history, &req, self.revision)?,
-                        Some(at) if at > self.revision => {
-                            return Ok(Err(Error::FutureRevision {
-                                requested: at,
-                                current: self.revision,
-                            }));
-                        }
-                        Some(at) if at < self.compact => {
-                            return Ok(Err(Error::Compacted {
-                                requested: at,
-                                compact_revision: self.compact,
-                            }));
-                        }
-                        Some(at) => range_at(&t.history, &req, at, self.revision)?,
+                    // A read after a write of the same branch sees it, at the branch's revision.
+                    let current = if changed { new_rev } else { self.revision };
+                    // Revisions were checked by `validate_ops` against the revision before the
+                    // transaction.
+                    let resp = match req.revision.filter(|r| *r > 0 && *r != current) {
+                        None => range_current(&t.latest, &t.history, &req, current)?,
+                        Some(at) => range_at(&t.history, &req, at, current)?,
                     };
                     responses.push(TxnOpResponse::Range(resp));
                 }
@@ -609,38 +609,33 @@ impl Writer {
     }
 }
 
-/// Checks a branch before any of it is applied, so that a refused transaction writes nothing.
-fn validate_ops(t: &Tables<'_>, ops: &[TxnOp]) -> Result<Result<()>> {
+/// Checks the form of a branch: keys, value sizes, no key written twice.
+fn validate_shape(ops: &[TxnOp]) -> Result<()> {
     let mut put_keys = BTreeSet::new();
     let mut deletes = Vec::new();
     for op in ops {
         match op {
-            TxnOp::Put {
-                key, value, lease, ..
-            } => {
+            TxnOp::Put { key, value, .. } => {
                 if key.is_empty() {
-                    return Ok(Err(Error::InvalidRequest("key must not be empty".into())));
+                    return Err(Error::InvalidRequest("key must not be empty".into()));
                 }
                 if value.len() > MAX_VALUE_BYTES {
-                    return Ok(Err(Error::ValueTooLarge {
+                    return Err(Error::ValueTooLarge {
                         key: key_str(key),
                         size: value.len(),
                         limit: MAX_VALUE_BYTES,
-                    }));
+                    });
                 }
                 if !put_keys.insert(key.as_slice()) {
-                    return Ok(Err(Error::InvalidRequest(format!(
+                    return Err(Error::InvalidRequest(format!(
                         "duplicate key {:?} in one transaction",
                         key_str(key)
-                    ))));
-                }
-                if *lease != 0 && t.leases.get(rev_u(*lease)).map_err(storage_err)?.is_none() {
-                    return Ok(Err(Error::LeaseNotFound(*lease)));
+                    )));
                 }
             }
             TxnOp::Delete { range, .. } => {
                 if matches!(range, KeyRange::Key(k) if k.is_empty()) {
-                    return Ok(Err(Error::InvalidRequest("key must not be empty".into())));
+                    return Err(Error::InvalidRequest("key must not be empty".into()));
                 }
                 deletes.push(range);
             }
@@ -651,10 +646,46 @@ fn validate_ops(t: &Tables<'_>, ops: &[TxnOp]) -> Result<Result<()>> {
         .iter()
         .find(|k| deletes.iter().any(|r| r.contains(k)))
     {
-        return Ok(Err(Error::InvalidRequest(format!(
+        return Err(Error::InvalidRequest(format!(
             "key {:?} is both put and deleted in one transaction",
             key_str(key)
-        ))));
+        )));
+    }
+    Ok(())
+}
+
+/// Checks what a branch refers to: leases that exist, read revisions that are readable (against
+/// the revision before the transaction).
+fn validate_against_state(
+    t: &Tables<'_>,
+    ops: &[TxnOp],
+    revision: Revision,
+    compact: Revision,
+) -> Result<Result<()>> {
+    for op in ops {
+        match op {
+            TxnOp::Put { lease, .. } => {
+                if *lease != 0 && t.leases.get(rev_u(*lease)).map_err(storage_err)?.is_none() {
+                    return Ok(Err(Error::LeaseNotFound(*lease)));
+                }
+            }
+            TxnOp::Range(req) => match req.revision {
+                Some(at) if at > revision => {
+                    return Ok(Err(Error::FutureRevision {
+                        requested: at,
+                        current: revision,
+                    }));
+                }
+                Some(at) if at > 0 && at < compact => {
+                    return Ok(Err(Error::Compacted {
+                        requested: at,
+                        compact_revision: compact,
+                    }));
+                }
+                _ => {}
+            },
+            TxnOp::Delete { .. } => {}
+        }
     }
     Ok(Ok(()))
 }
