@@ -342,8 +342,8 @@ impl Store for EmbeddedStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         self.shared.read(|txn| {
             let meta = txn.open_table(META).map_err(storage_err)?;
-            let revision = rev_i(read::meta_get(&meta, META_REVISION)?.unwrap_or(0));
-            let compact = rev_i(read::meta_get(&meta, META_COMPACT)?.unwrap_or(0));
+            let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
+            let (revision, compact) = read::snapshot_revisions(&meta, &revisions)?;
             let latest = txn.open_table(LATEST).map_err(storage_err)?;
             let history = txn.open_table(HISTORY).map_err(storage_err)?;
             match req.revision.filter(|r| *r > 0 && *r != revision) {
@@ -507,9 +507,11 @@ fn open_db(cfg: &EmbeddedConfig) -> Result<(Database, Recovered)> {
                     let (id, ttl) = entry.map_err(storage_err)?;
                     leases.push((rev_i(id.value()), ttl.value()));
                 }
+                let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
+                let (revision, compact) = read::snapshot_revisions(&meta, &revisions)?;
                 Some(Recovered {
-                    revision: rev_i(get(META_REVISION)?),
-                    compact: rev_i(get(META_COMPACT)?),
+                    revision,
+                    compact,
                     compacted_upto: rev_i(get(META_COMPACTED_UPTO)?),
                     next_lease: get(META_NEXT_LEASE)?.max(1),
                     leases,

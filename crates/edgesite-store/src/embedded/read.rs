@@ -216,3 +216,20 @@ pub(crate) fn meta_get(
 pub(crate) fn key_count(latest: &impl LatestTable) -> Result<u64> {
     latest.len().map_err(storage_err)
 }
+
+/// The revision and the compaction point a snapshot was taken at. The revision is the newest
+/// entry of the change log (every revision writes at least one, and compaction never removes the
+/// newest), so commits need not rewrite a counter; `meta` holds the starting revision of a store
+/// that has none yet.
+pub(crate) fn snapshot_revisions(
+    meta: &impl ReadableTable<&'static str, u64>,
+    revisions: &impl RevisionsTable,
+) -> Result<(Revision, Revision)> {
+    let base = meta_get(meta, super::codec::META_REVISION)?.unwrap_or(0);
+    let last = match revisions.last().map_err(storage_err)? {
+        Some((k, _)) => k.value().0,
+        None => 0,
+    };
+    let compact = meta_get(meta, super::codec::META_COMPACT)?.unwrap_or(0);
+    Ok((rev_i(base.max(last)), rev_i(compact)))
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
-use super::codec::{HISTORY, META, META_COMPACT, META_REVISION, REVISIONS, rev_i};
+use super::codec::{HISTORY, META, REVISIONS};
 use super::{Batch, Shared, read, storage_err};
 use crate::types::{Event, Revision, WatchRequest, WatchResponse};
 use crate::{Error, Result, WatchStream};
@@ -123,8 +123,8 @@ fn replay_step(
 ) -> Result<(Vec<Event>, Revision, Revision)> {
     shared.read(|txn| {
         let meta = txn.open_table(META).map_err(storage_err)?;
-        let snapshot = rev_i(read::meta_get(&meta, META_REVISION)?.unwrap_or(0));
-        let compact = rev_i(read::meta_get(&meta, META_COMPACT)?.unwrap_or(0));
+        let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
+        let (snapshot, compact) = read::snapshot_revisions(&meta, &revisions)?;
         if next < compact {
             return Err(Error::Compacted {
                 requested: next,
@@ -134,7 +134,6 @@ fn replay_step(
         if next > snapshot {
             return Ok((Vec::new(), snapshot, snapshot));
         }
-        let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
         let history = txn.open_table(HISTORY).map_err(storage_err)?;
         let (events, upto) = read::replay(
             &revisions,

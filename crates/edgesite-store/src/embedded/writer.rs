@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{
     HISTORY, LATEST, LEASE_KEYS, LEASES, META, META_COMPACT, META_COMPACTED_UPTO, META_NEXT_LEASE,
-    META_REVISION, Meta, REVISIONS, TOMBSTONE, Version, encode_put, rev_i, rev_u,
+    Meta, REVISIONS, TOMBSTONE, Version, encode_put, rev_i, rev_u,
 };
 use super::read::{range_at, range_current};
 use super::{Batch, CompactionPolicy, Shared, storage_err};
@@ -61,6 +61,8 @@ pub(crate) struct Writer {
     config: super::EmbeddedConfig,
     /// A commit failed: the database must be reopened before the next one.
     reopen: bool,
+    /// Counters as last committed, to write only those that changed.
+    saved: Saved,
     /// (when, revision) samples for time-based automatic compaction.
     samples: VecDeque<(Instant, Revision)>,
 }
@@ -120,6 +122,12 @@ impl<'t> Tables<'t> {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    compact: Revision,
+    next_lease: u64,
+}
+
 /// What one command yields, answered once the commit is known to have succeeded or failed.
 enum Outcome {
     Txn(oneshot::Sender<Result<TxnResponse>>, Result<TxnResponse>),
@@ -147,6 +155,10 @@ impl Writer {
             policy: config.compaction,
             config,
             reopen: false,
+            saved: Saved {
+                compact: start.compact,
+                next_lease: start.next_lease,
+            },
             samples: VecDeque::new(),
         }
     }
@@ -258,6 +270,10 @@ impl Writer {
         let result = self.apply_batch(batch, compact_step, &mut events);
         match result {
             Ok(outcomes) => {
+                self.saved = Saved {
+                    compact: self.compact,
+                    next_lease: self.next_lease,
+                };
                 self.publish(rev_before, events);
                 for outcome in outcomes {
                     self.answer(outcome);
@@ -331,15 +347,18 @@ impl Writer {
                     }
                 }
             }
-            t.meta
-                .insert(META_REVISION, rev_u(self.revision))
-                .map_err(storage_err)?;
-            t.meta
-                .insert(META_NEXT_LEASE, self.next_lease)
-                .map_err(storage_err)?;
-            t.meta
-                .insert(META_COMPACT, rev_u(self.compact))
-                .map_err(storage_err)?;
+            // The revision needs no counter (see `read::snapshot_revisions`); the others change
+            // rarely, and an untouched table costs the commit nothing.
+            if self.next_lease != self.saved.next_lease {
+                t.meta
+                    .insert(META_NEXT_LEASE, self.next_lease)
+                    .map_err(storage_err)?;
+            }
+            if self.compact != self.saved.compact {
+                t.meta
+                    .insert(META_COMPACT, rev_u(self.compact))
+                    .map_err(storage_err)?;
+            }
             if self.compacted_upto < self.compact {
                 self.compacted_upto =
                     compact_step_apply(&mut t, self.compacted_upto, self.compact, compact_step)?;
