@@ -34,7 +34,7 @@ const LOAD_TXN_OPS: usize = 128;
 /// Concurrent transactions when loading keys.
 const LOAD_CONCURRENCY: usize = 8;
 /// The history window of the file-size figure, for both backends.
-const KEEP_REVISIONS: u64 = 10_000;
+const KEEP_REVISIONS: u64 = 1_000;
 /// etcd's backend quota: its default 2 GiB would raise the NOSPACE alarm during the 1M-update
 /// run, because etcd's revision compactor only runs every 5 minutes.
 const ETCD_QUOTA_ARG: &str = "--quota-backend-bytes=8589934592";

@@ -33,6 +33,8 @@ pub(crate) const META_COMPACT: &str = "compact_revision";
 /// Physical compaction has removed superseded history below this revision.
 pub(crate) const META_COMPACTED_UPTO: &str = "compacted_upto";
 pub(crate) const META_NEXT_LEASE: &str = "next_lease";
+/// Sequence number of the last batch committed; the write-ahead log is replayed after it.
+pub(crate) const META_WAL_SEQ: &str = "wal_seq";
 
 /// The bookkeeping of one key version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,6 +8,7 @@
 
 mod codec;
 mod read;
+mod wal;
 mod watch;
 mod writer;
 
@@ -30,7 +31,7 @@ use crate::types::{
 use crate::{Error, Result, Store, WatchStream};
 use codec::{
     FORMAT_VERSION, HISTORY, LATEST, LEASE_KEYS, LEASES, META, META_COMPACT, META_COMPACTED_UPTO,
-    META_FORMAT, META_NEXT_LEASE, META_REVISION, REVISIONS, rev_i,
+    META_FORMAT, META_NEXT_LEASE, META_REVISION, META_WAL_SEQ, REVISIONS, rev_i,
 };
 use writer::{Command, Writer};
 
@@ -66,6 +67,10 @@ pub struct EmbeddedConfig {
     pub cache_size_bytes: usize,
     /// How often an idle watch that asked for progress notifications gets one.
     pub progress_notify_interval: Duration,
+    /// Free disk space kept in reserve: writes that add data are refused (with a clear
+    /// error, nothing stored) once less is left, so that the store never runs into the end of
+    /// the disk in the middle of a commit.
+    pub reserved_disk_bytes: u64,
 }
 
 impl EmbeddedConfig {
@@ -76,6 +81,7 @@ impl EmbeddedConfig {
             compaction: CompactionPolicy::default(),
             cache_size_bytes: 32 << 20,
             progress_notify_interval: Duration::from_secs(5),
+            reserved_disk_bytes: 64 << 20,
         }
     }
 
@@ -114,11 +120,14 @@ pub(crate) struct Shared {
 impl Shared {
     /// The database, unless the store has closed.
     pub(crate) fn db(&self) -> Result<Arc<Database>> {
-        self.db
-            .read()
-            .map_err(|_| Error::Closed)?
-            .clone()
-            .ok_or(Error::Closed)
+        let slot = self.db.read().map_err(|_| Error::Closed)?;
+        match &*slot {
+            Some(db) => Ok(db.clone()),
+            None if *self.closed.borrow() => Err(Error::Closed),
+            None => Err(Error::Storage(
+                "the store is being reopened after a failed write and cannot be read until that succeeds (is the disk full?)".into(),
+            )),
+        }
     }
 
     /// Closes and reopens the database file after a failed write: redb refuses all further
@@ -128,16 +137,16 @@ impl Shared {
         &self,
         old: Option<Arc<Database>>,
         cfg: &EmbeddedConfig,
-    ) -> Result<Arc<Database>> {
+    ) -> Result<(Arc<Database>, Recovered)> {
         let mut slot = self.db.write().map_err(|_| Error::Closed)?;
         slot.take();
         if let Some(old) = old {
             release(old);
         }
-        let (db, _) = open_db(cfg)?;
+        let (db, recovered) = open_db(cfg)?;
         let db = Arc::new(db);
         *slot = Some(db.clone());
-        Ok(db)
+        Ok((db, recovered))
     }
 
     /// Runs `f` on a fresh read snapshot.
@@ -253,6 +262,8 @@ pub(crate) struct Recovered {
     pub compacted_upto: Revision,
     pub next_lease: u64,
     pub leases: Vec<(LeaseId, i64)>,
+    /// The last batch in the database; the write-ahead log continues after it.
+    pub wal_seq: u64,
 }
 
 /// The embedded store. Cheap to share behind an `Arc`; closing happens on drop, after the
@@ -297,8 +308,14 @@ impl EmbeddedStore {
         for (id, ttl) in &recovered.leases {
             shared.leases.granted(*id, *ttl);
         }
+        let wal = wal::Wal::open_empty(wal::Wal::path_for(&config.path)).map_err(|e| {
+            unusable(
+                &config.path,
+                format!("cannot open its write-ahead log: {e}"),
+            )
+        })?;
         let (tx, rx) = channel();
-        let writer = Writer::new(shared.clone(), db, rx, &recovered, config.clone());
+        let writer = Writer::new(shared.clone(), db, rx, &recovered, config.clone(), wal);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
@@ -477,63 +494,99 @@ fn open_db(cfg: &EmbeddedConfig) -> Result<(Database, Recovered)> {
             ),
         ),
     })?;
-    let recovered = {
-        let txn = db.begin_read().map_err(storage_err)?;
-        match txn.open_table(META) {
-            Ok(meta) => {
-                let format = read::meta_get(&meta, META_FORMAT)?;
-                match format {
-                    Some(FORMAT_VERSION) => {}
-                    Some(v) => {
-                        return Err(unusable(
-                            path,
-                            format!(
-                                "it has store format {v}, this edgesite reads format {FORMAT_VERSION}"
-                            ),
-                        ));
-                    }
-                    None => {
-                        return Err(unusable(
-                            path,
-                            "it is a redb database of another program, not an EdgeSite store"
-                                .into(),
-                        ));
-                    }
+    let recovered = read_recovered(&db, path)?;
+    let wal_path = wal::Wal::path_for(path);
+    let recovered = match recovered {
+        Some(r) => r,
+        None => {
+            // A log beside a new database belongs to a database that is gone.
+            let _ = std::fs::remove_file(&wal_path);
+            initialize(&db)?
+        }
+    };
+    let records = wal::read(&wal_path)
+        .map_err(|e| unusable(path, format!("cannot read its write-ahead log: {e}")))?;
+    let pending: Vec<_> = records
+        .into_iter()
+        .filter(|r| r.seq > recovered.wal_seq)
+        .collect();
+    if let Some(first) = pending.first()
+        && first.seq != recovered.wal_seq + 1
+    {
+        return Err(unusable(
+            path,
+            format!(
+                "its write-ahead log {} does not continue it (next batch {}, log starts at {}); it belongs to another copy of the database",
+                wal_path.display(),
+                recovered.wal_seq + 1,
+                first.seq
+            ),
+        ));
+    }
+    let recovered = if pending.is_empty() {
+        recovered
+    } else {
+        tracing::info!(batches = pending.len(), "replaying the write-ahead log");
+        writer::replay(&db, &recovered, &pending)?;
+        read_recovered(&db, path)?
+            .ok_or_else(|| Error::Storage("store vanished during replay".into()))?
+    };
+    Ok((db, recovered))
+}
+
+/// The counters of an existing store (`None` for an empty redb file), refusing files that are
+/// not EdgeSite stores of this format.
+fn read_recovered(db: &Database, path: &std::path::Path) -> Result<Option<Recovered>> {
+    let txn = db.begin_read().map_err(storage_err)?;
+    match txn.open_table(META) {
+        Ok(meta) => {
+            let format = read::meta_get(&meta, META_FORMAT)?;
+            match format {
+                Some(FORMAT_VERSION) => {}
+                Some(v) => {
+                    return Err(unusable(
+                        path,
+                        format!(
+                            "it has store format {v}, this edgesite reads format {FORMAT_VERSION}"
+                        ),
+                    ));
                 }
-                let get = |name| -> Result<u64> { Ok(read::meta_get(&meta, name)?.unwrap_or(0)) };
-                let leases_table = txn.open_table(LEASES).map_err(storage_err)?;
-                let mut leases = Vec::new();
-                for entry in redb::ReadableTable::iter(&leases_table).map_err(storage_err)? {
-                    let (id, ttl) = entry.map_err(storage_err)?;
-                    leases.push((rev_i(id.value()), ttl.value()));
-                }
-                let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
-                let (revision, compact) = read::snapshot_revisions(&meta, &revisions)?;
-                Some(Recovered {
-                    revision,
-                    compact,
-                    compacted_upto: rev_i(get(META_COMPACTED_UPTO)?),
-                    next_lease: get(META_NEXT_LEASE)?.max(1),
-                    leases,
-                })
-            }
-            Err(TableError::TableDoesNotExist(_)) => {
-                if txn.list_tables().map_err(storage_err)?.next().is_some() {
+                None => {
                     return Err(unusable(
                         path,
                         "it is a redb database of another program, not an EdgeSite store".into(),
                     ));
                 }
-                None
             }
-            Err(e) => return Err(storage_err(e)),
+            let get = |name| -> Result<u64> { Ok(read::meta_get(&meta, name)?.unwrap_or(0)) };
+            let leases_table = txn.open_table(LEASES).map_err(storage_err)?;
+            let mut leases = Vec::new();
+            for entry in redb::ReadableTable::iter(&leases_table).map_err(storage_err)? {
+                let (id, ttl) = entry.map_err(storage_err)?;
+                leases.push((rev_i(id.value()), ttl.value()));
+            }
+            let revisions = txn.open_table(REVISIONS).map_err(storage_err)?;
+            let (revision, compact) = read::snapshot_revisions(&meta, &revisions)?;
+            Ok(Some(Recovered {
+                revision,
+                compact,
+                compacted_upto: rev_i(get(META_COMPACTED_UPTO)?),
+                next_lease: get(META_NEXT_LEASE)?.max(1),
+                leases,
+                wal_seq: get(META_WAL_SEQ)?,
+            }))
         }
-    };
-    let recovered = match recovered {
-        Some(r) => r,
-        None => initialize(&db)?,
-    };
-    Ok((db, recovered))
+        Err(TableError::TableDoesNotExist(_)) => {
+            if txn.list_tables().map_err(storage_err)?.next().is_some() {
+                return Err(unusable(
+                    path,
+                    "it is a redb database of another program, not an EdgeSite store".into(),
+                ));
+            }
+            Ok(None)
+        }
+        Err(e) => Err(storage_err(e)),
+    }
 }
 
 /// Lays out a new store: empty tables and revision 1, as a new etcd starts.
@@ -552,6 +605,7 @@ fn initialize(db: &Database) -> Result<Recovered> {
             (META_COMPACT, 0),
             (META_COMPACTED_UPTO, 0),
             (META_NEXT_LEASE, 1),
+            (META_WAL_SEQ, 0),
         ] {
             meta.insert(name, value).map_err(storage_err)?;
         }

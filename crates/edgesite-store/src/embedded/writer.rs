@@ -1,8 +1,9 @@
 //! The single writer of the embedded engine. Every change goes through one thread that drains
-//! all queued requests into one redb write transaction and commits it with one fsync (group
-//! commit): throughput grows with concurrency while each caller is answered only once its write
-//! is durable. The writer also runs compaction, a bounded step per commit, so that reclaiming
-//! space never stalls writes.
+//! all queued requests into one redb write transaction, logs them with one fsync to the
+//! write-ahead log ([`super::wal`]) and commits (group commit): throughput grows with
+//! concurrency while each caller is answered only once its write is durable. redb itself is
+//! made durable at checkpoints. The writer also runs compaction, a bounded step per commit, so
+//! that reclaiming space never stalls writes.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use tokio::sync::oneshot;
 
 use super::codec::{
     HISTORY, LATEST, LEASE_KEYS, LEASES, META, META_COMPACT, META_COMPACTED_UPTO, META_NEXT_LEASE,
-    Meta, REVISIONS, TOMBSTONE, Version, encode_put, rev_i, rev_u,
+    META_WAL_SEQ, Meta, REVISIONS, TOMBSTONE, Version, encode_put, rev_i, rev_u,
 };
 use super::read::{range_at, range_current};
+use super::wal::{Record, RecordBuilder, Request, Wal};
 use super::{Batch, CompactionPolicy, Shared, storage_err};
 use crate::error::key_str;
 use crate::types::{
@@ -46,6 +48,11 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const COMPACT_STEP_BUSY: usize = 512;
 /// Change-log entries physically compacted per commit when the writer is idle.
 const COMPACT_STEP_IDLE: usize = 8192;
+/// Longest time between checkpoints (durable redb commits) while writes come in; it bounds the
+/// log, and so the replay after a crash.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// Largest log before a checkpoint is forced.
+const MAX_WAL_BYTES: u64 = 16 << 20;
 
 /// The writer's own state; what readers need is published through [`Shared`] after each commit.
 pub(crate) struct Writer {
@@ -53,16 +60,21 @@ pub(crate) struct Writer {
     /// `None` only while a reopen failed; the next batch tries again.
     db: Option<Arc<redb::Database>>,
     rx: Receiver<Command>,
-    revision: Revision,
-    compact: Revision,
-    compacted_upto: Revision,
-    next_lease: u64,
+    state: State,
     policy: CompactionPolicy,
     config: super::EmbeddedConfig,
     /// A commit failed: the database must be reopened before the next one.
     reopen: bool,
+    /// Set by `apply_batch` when redb itself failed (rather than the log).
+    poisoned: bool,
     /// Counters as last committed, to write only those that changed.
     saved: Saved,
+    wal: Wal,
+    /// Sequence number of the last committed batch.
+    seq: u64,
+    /// Batches committed to redb without sync since the last checkpoint (they are in the log).
+    dirty: bool,
+    last_checkpoint: Instant,
     /// (when, revision) samples for time-based automatic compaction.
     samples: VecDeque<(Instant, Revision)>,
 }
@@ -143,33 +155,49 @@ impl Writer {
         rx: Receiver<Command>,
         start: &super::Recovered,
         config: super::EmbeddedConfig,
+        wal: Wal,
     ) -> Self {
         Self {
             shared,
             db: Some(db),
             rx,
-            revision: start.revision,
-            compact: start.compact,
-            compacted_upto: start.compacted_upto,
-            next_lease: start.next_lease,
+            state: State {
+                revision: start.revision,
+                compact: start.compact,
+                compacted_upto: start.compacted_upto,
+                next_lease: start.next_lease,
+            },
             policy: config.compaction,
             config,
             reopen: false,
+            poisoned: false,
             saved: Saved {
                 compact: start.compact,
                 next_lease: start.next_lease,
             },
             samples: VecDeque::new(),
+            wal,
+            seq: start.wal_seq,
+            dirty: false,
+            last_checkpoint: Instant::now(),
         }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.dirty
+            && (self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+                || self.wal.len() >= MAX_WAL_BYTES)
     }
 
     /// Runs until every sender is gone.
     pub(crate) fn run(mut self) {
         let mut last_sample = Instant::now() - Duration::from_secs(3600);
         loop {
-            let pending_compaction = self.compacted_upto < self.compact;
+            let pending_compaction = self.state.compacted_upto < self.state.compact;
             let wait = if pending_compaction {
                 Duration::ZERO
+            } else if self.dirty {
+                CHECKPOINT_INTERVAL.saturating_sub(self.last_checkpoint.elapsed())
             } else {
                 Duration::from_millis(500)
             };
@@ -197,8 +225,8 @@ impl Writer {
                 }
             }
             if shutdown {
-                if !batch.is_empty() {
-                    self.commit_batch(batch, 0);
+                if !batch.is_empty() || self.dirty {
+                    self.commit_batch(batch, 0, true);
                 }
                 return;
             }
@@ -208,7 +236,8 @@ impl Writer {
             } else if self.policy.keep_revisions.is_some() {
                 self.plan_revision_compaction();
             }
-            if batch.is_empty() && self.compacted_upto >= self.compact {
+            let checkpoint = self.checkpoint_due();
+            if batch.is_empty() && self.state.compacted_upto >= self.state.compact && !checkpoint {
                 continue;
             }
             let step = if batch.is_empty() {
@@ -216,7 +245,10 @@ impl Writer {
             } else {
                 COMPACT_STEP_BUSY
             };
-            self.commit_batch(batch, step);
+            // A batch without requests (idle compaction) is not logged, so it is made durable
+            // at once.
+            let checkpoint = checkpoint || batch.is_empty();
+            self.commit_batch(batch, step, checkpoint);
         }
     }
 
@@ -224,7 +256,7 @@ impl Writer {
     /// forward if the policy says so.
     fn sample_and_plan_compaction(&mut self) {
         let now = Instant::now();
-        self.samples.push_back((now, self.revision));
+        self.samples.push_back((now, self.state.revision));
         if let Some(keep) = self.policy.keep_duration {
             let mut target = None;
             while let Some(&(t, rev)) = self.samples.front() {
@@ -249,30 +281,41 @@ impl Writer {
             let keep = keep.max(1) as i64;
             // Move in steps of an eighth of the window so that compaction runs in batches.
             let slack = (keep / 8).max(1);
-            if self.revision - self.compact >= keep + slack {
-                self.raise_compaction(self.revision - keep);
+            if self.state.revision - self.state.compact >= keep + slack {
+                self.raise_compaction(self.state.revision - keep);
             }
         }
     }
 
     /// Moves the logical compaction point; it is persisted with the next commit.
     fn raise_compaction(&mut self, rev: Revision) {
-        if rev > self.compact && rev <= self.revision {
-            self.compact = rev;
+        if rev > self.state.compact && rev <= self.state.revision {
+            self.state.compact = rev;
         }
     }
 
-    fn commit_batch(&mut self, batch: Vec<Command>, compact_step: usize) {
-        let rev_before = self.revision;
-        let compact_before = (self.compact, self.compacted_upto);
-        let next_lease_before = self.next_lease;
+    fn commit_batch(&mut self, batch: Vec<Command>, compact_step: usize, checkpoint: bool) {
+        let rev_before = self.state.revision;
+        let compact_before = (self.state.compact, self.state.compacted_upto);
+        let next_lease_before = self.state.next_lease;
         let mut events = Vec::new();
-        let result = self.apply_batch(batch, compact_step, &mut events);
+        let result = self.apply_batch(batch, compact_step, checkpoint, &mut events);
         match result {
             Ok(outcomes) => {
+                self.seq += 1;
+                if checkpoint {
+                    self.last_checkpoint = Instant::now();
+                    self.dirty = false;
+                    if let Err(e) = self.wal.reset() {
+                        // Harmless: replay skips what the checkpoint holds.
+                        tracing::warn!(error = %e, "cannot empty the write-ahead log");
+                    }
+                } else {
+                    self.dirty = true;
+                }
                 self.saved = Saved {
-                    compact: self.compact,
-                    next_lease: self.next_lease,
+                    compact: self.state.compact,
+                    next_lease: self.state.next_lease,
                 };
                 self.publish(rev_before, events);
                 for outcome in outcomes {
@@ -281,16 +324,45 @@ impl Writer {
             }
             Err((err, outcomes)) => {
                 tracing::error!(error = %err, "store commit failed; the batch is discarded");
-                self.reopen = true;
-                self.revision = rev_before;
-                (self.compact, self.compacted_upto) = compact_before;
-                self.next_lease = next_lease_before;
+                // redb refuses every write on an instance whose commit failed; an aborted
+                // transaction (a refused log append) leaves it usable.
+                self.reopen = self.reopen || self.poisoned;
+                self.poisoned = false;
+                self.state.revision = rev_before;
+                (self.state.compact, self.state.compacted_upto) = compact_before;
+                self.state.next_lease = next_lease_before;
                 let msg = err.to_string();
                 for outcome in outcomes {
                     fail(outcome, &msg);
                 }
             }
         }
+    }
+
+    /// Whether the disk is too full to take more data, and what to tell callers. The reserve
+    /// keeps room for checkpoints, log replay and compaction, so that writes are refused
+    /// cleanly before redb or the log run into the end of the disk; deletes still go through.
+    fn low_space(&self, batch: &[Command]) -> Option<String> {
+        let dir = self.config.path.parent()?;
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        let st = nix::sys::statvfs::statvfs(dir).ok()?;
+        // Both are u64 on 64-bit Linux but narrower on 32-bit targets (edge boxes are often ARM).
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(st.blocks_available()) * u64::from(st.fragment_size());
+        let incoming: u64 = batch.iter().map(|c| command_bytes(c) as u64 * 2).sum();
+        let reserve = self.config.reserved_disk_bytes;
+        (free < reserve + incoming).then(|| {
+            format!(
+                "disk full: {} KiB free on {}, and {} KiB are kept in reserve; free some space (deleting keys and compacting still works)",
+                free / 1024,
+                dir.display(),
+                reserve / 1024
+            )
+        })
     }
 
     /// Applies a batch in one write transaction and commits it. On failure, returns the error
@@ -300,15 +372,25 @@ impl Writer {
         &mut self,
         batch: Vec<Command>,
         compact_step: usize,
+        checkpoint: bool,
         events: &mut Vec<Event>,
     ) -> Result<Vec<Outcome>, (Error, Vec<Outcome>)> {
         let mut outcomes = Vec::with_capacity(batch.len());
         if self.reopen || self.db.is_none() {
             match self.shared.reopen(self.db.take(), &self.config) {
-                Ok(db) => {
+                Ok((db, recovered)) => {
                     tracing::info!("store reopened after a failed write");
+                    // Reopening replayed the log into a checkpoint and emptied it.
                     self.db = Some(db);
                     self.reopen = false;
+                    self.state = State::from(&recovered);
+                    self.seq = recovered.wal_seq;
+                    self.saved = Saved {
+                        compact: recovered.compact,
+                        next_lease: recovered.next_lease,
+                    };
+                    self.dirty = false;
+                    let _ = self.wal.reset();
                 }
                 Err(e) => {
                     let outcomes = batch.into_iter().map(pending_outcome).collect();
@@ -322,23 +404,42 @@ impl Writer {
         let mut wtxn = match db.begin_write() {
             Ok(t) => t,
             Err(e) => {
+                self.poisoned = true;
                 let err = storage_err(e);
                 let outcomes = batch.into_iter().map(pending_outcome).collect();
                 return Err((err, outcomes));
             }
         };
-        // Quick repair keeps the allocator state in every commit, so that a restart after a
-        // crash does not walk the whole file.
-        wtxn.set_quick_repair(true);
-        if let Err(e) = wtxn.set_durability(Durability::Immediate) {
+        // A checkpoint saves the allocator state too (quick repair), so that a restart after a
+        // crash does not walk the whole file. Other commits are not synced: the log holds them.
+        wtxn.set_quick_repair(checkpoint);
+        let durability = if checkpoint {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        if let Err(e) = wtxn.set_durability(durability) {
             let outcomes = batch.into_iter().map(pending_outcome).collect();
             return Err((Error::Storage(e.to_string()), outcomes));
         }
+        let low_space = self.low_space(&batch);
+        let seq = self.seq + 1;
+        let mut record = (!checkpoint).then(|| RecordBuilder::new(seq, self.state.compact));
         let applied = (|| -> Result<()> {
             let mut t = Tables::open(&wtxn)?;
             let mut batch = batch.into_iter();
             while let Some(cmd) = batch.next() {
-                match self.apply(&mut t, cmd, events) {
+                let cmd = match (&low_space, cmd) {
+                    (Some(msg), cmd) if adds_data(&cmd) => {
+                        outcomes.push(refused(cmd, msg));
+                        continue;
+                    }
+                    (_, cmd) => cmd,
+                };
+                if let (Some(record), Some(req)) = (record.as_mut(), request_of(&cmd)) {
+                    record.push(&req);
+                }
+                match self.state.apply(&mut t, cmd, events) {
                     Ok(outcome) => outcomes.push(outcome),
                     Err((e, outcome)) => {
                         outcomes.push(outcome);
@@ -349,35 +450,113 @@ impl Writer {
             }
             // The revision needs no counter (see `read::snapshot_revisions`); the others change
             // rarely, and an untouched table costs the commit nothing.
-            if self.next_lease != self.saved.next_lease {
+            if self.state.next_lease != self.saved.next_lease {
                 t.meta
-                    .insert(META_NEXT_LEASE, self.next_lease)
+                    .insert(META_NEXT_LEASE, self.state.next_lease)
                     .map_err(storage_err)?;
             }
-            if self.compact != self.saved.compact {
+            if self.state.compact != self.saved.compact {
                 t.meta
-                    .insert(META_COMPACT, rev_u(self.compact))
+                    .insert(META_COMPACT, rev_u(self.state.compact))
                     .map_err(storage_err)?;
             }
-            if self.compacted_upto < self.compact {
-                self.compacted_upto =
-                    compact_step_apply(&mut t, self.compacted_upto, self.compact, compact_step)?;
+            if self.state.compacted_upto < self.state.compact {
+                self.state.compacted_upto = compact_step_apply(
+                    &mut t,
+                    self.state.compacted_upto,
+                    self.state.compact,
+                    compact_step,
+                )?;
                 t.meta
-                    .insert(META_COMPACTED_UPTO, rev_u(self.compacted_upto))
+                    .insert(META_COMPACTED_UPTO, rev_u(self.state.compacted_upto))
                     .map_err(storage_err)?;
             }
+            t.meta.insert(META_WAL_SEQ, seq).map_err(storage_err)?;
             Ok(())
         })();
         if let Err(e) = applied {
+            // A failure inside redb (not a refusal, which is an answer) poisons the instance.
+            self.poisoned = true;
             let _ = wtxn.abort();
             return Err((e, outcomes));
         }
+        let wal_len = self.wal.len();
+        if let Some(record) = record {
+            // The compaction step is fixed now; the record carries it so replay does the same.
+            let bytes = record.finish(u32::try_from(compact_step).unwrap_or(u32::MAX));
+            if let Err(e) = self.wal.append(&bytes) {
+                let _ = wtxn.abort();
+                let err = Error::Storage(format!(
+                    "cannot write the write-ahead log {}: {e}",
+                    self.wal.path().display()
+                ));
+                return Err((err, outcomes));
+            }
+        }
         match wtxn.commit() {
             Ok(()) => Ok(outcomes),
-            Err(e) => Err((storage_err(e), outcomes)),
+            Err(e) => {
+                self.poisoned = true;
+                // Not acknowledged, so it must not come back on replay either.
+                let _ = self.wal.truncate(wal_len);
+                Err((storage_err(e), outcomes))
+            }
         }
     }
 
+    /// Makes a committed batch visible: revision, events to watchers, lease table.
+    fn publish(&mut self, rev_before: Revision, events: Vec<Event>) {
+        self.shared
+            .compact_revision
+            .store(self.state.compact, Ordering::Release);
+        self.shared
+            .revision
+            .store(self.state.revision, Ordering::Release);
+        if !events.is_empty() {
+            let _ = self.shared.events.send(Arc::new(Batch {
+                events,
+                revision: self.state.revision,
+            }));
+        }
+        debug_assert!(self.state.revision >= rev_before);
+    }
+
+    fn answer(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Txn(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Outcome::LeaseGranted(reply, r) => {
+                if let Ok((id, ttl)) = r {
+                    self.shared.leases.granted(id, ttl);
+                }
+                let _ = reply.send(r.map(|(id, _)| id));
+            }
+            Outcome::LeaseRevoked(reply, id, r) => {
+                if matches!(r, Ok(()) | Err(Error::LeaseNotFound(_))) {
+                    self.shared.leases.revoked(id);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Outcome::Compacted(reply, r) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// The counters that applying requests advances; replaying the log rebuilds them exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State {
+    pub revision: Revision,
+    pub compact: Revision,
+    pub compacted_upto: Revision,
+    pub next_lease: u64,
+}
+
+impl State {
     /// Applies one command. A refusal (bad request, failed precondition) is an `Ok` outcome
     /// carrying the error; an `Err` is a storage failure that aborts the batch.
     fn apply(
@@ -585,46 +764,6 @@ impl Writer {
         }
         t.leases.remove(lid).map_err(storage_err)?;
         Ok(Ok(()))
-    }
-
-    /// Makes a committed batch visible: revision, events to watchers, lease table.
-    fn publish(&mut self, rev_before: Revision, events: Vec<Event>) {
-        self.shared
-            .compact_revision
-            .store(self.compact, Ordering::Release);
-        self.shared.revision.store(self.revision, Ordering::Release);
-        if !events.is_empty() {
-            let _ = self.shared.events.send(Arc::new(Batch {
-                events,
-                revision: self.revision,
-            }));
-        }
-        debug_assert!(self.revision >= rev_before);
-    }
-
-    fn answer(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Txn(reply, r) => {
-                let _ = reply.send(r);
-            }
-            Outcome::LeaseGranted(reply, r) => {
-                if let Ok((id, ttl)) = r {
-                    self.shared.leases.granted(id, ttl);
-                }
-                let _ = reply.send(r.map(|(id, _)| id));
-            }
-            Outcome::LeaseRevoked(reply, id, r) => {
-                if matches!(r, Ok(()) | Err(Error::LeaseNotFound(_))) {
-                    self.shared.leases.revoked(id);
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
-                }
-            }
-            Outcome::Compacted(reply, r) => {
-                let _ = reply.send(r);
-            }
-        }
     }
 }
 
@@ -859,5 +998,109 @@ fn fail(outcome: Outcome, msg: &str) {
         Outcome::Compacted(reply, _) => {
             let _ = reply.send(Err(err()));
         }
+    }
+}
+
+/// The request a command logs (shutdown is not one).
+fn request_of(cmd: &Command) -> Option<Request> {
+    Some(match cmd {
+        Command::Txn(txn, _) => Request::Txn(txn.clone()),
+        Command::LeaseGrant(ttl, _) => Request::LeaseGrant(*ttl),
+        Command::LeaseRevoke(id, _) => Request::LeaseRevoke(*id),
+        Command::Compact(rev, _) => Request::Compact(*rev),
+        Command::Shutdown => return None,
+    })
+}
+
+impl Request {
+    /// The command that applies this request again, with nobody waiting for the answer.
+    fn into_command(self) -> Command {
+        match self {
+            Request::Txn(txn) => Command::Txn(txn, oneshot::channel().0),
+            Request::LeaseGrant(ttl) => Command::LeaseGrant(ttl, oneshot::channel().0),
+            Request::LeaseRevoke(id) => Command::LeaseRevoke(id, None),
+            Request::Compact(rev) => Command::Compact(rev, oneshot::channel().0),
+        }
+    }
+}
+
+impl From<&super::Recovered> for State {
+    fn from(r: &super::Recovered) -> Self {
+        Self {
+            revision: r.revision,
+            compact: r.compact,
+            compacted_upto: r.compacted_upto,
+            next_lease: r.next_lease,
+        }
+    }
+}
+
+/// Re-applies logged batches after the last checkpoint, in order, with the code that applied
+/// them first, and makes the result durable.
+pub(crate) fn replay(
+    db: &redb::Database,
+    start: &super::Recovered,
+    records: &[Record],
+) -> Result<()> {
+    let mut wtxn = db.begin_write().map_err(storage_err)?;
+    wtxn.set_quick_repair(true);
+    wtxn.set_durability(Durability::Immediate)
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    {
+        let mut t = Tables::open(&wtxn)?;
+        let mut state = State::from(start);
+        let mut events = Vec::new();
+        for record in records {
+            state.compact = record.compact;
+            for req in record.requests.iter().cloned() {
+                state
+                    .apply(&mut t, req.into_command(), &mut events)
+                    .map_err(|(e, _)| e)?;
+                events.clear();
+            }
+            if state.compacted_upto < state.compact {
+                state.compacted_upto = compact_step_apply(
+                    &mut t,
+                    state.compacted_upto,
+                    state.compact,
+                    record.compact_step as usize,
+                )?;
+            }
+        }
+        let seq = records.last().map_or(start.wal_seq, |r| r.seq);
+        for (name, value) in [
+            (META_NEXT_LEASE, state.next_lease),
+            (META_COMPACT, rev_u(state.compact)),
+            (META_COMPACTED_UPTO, rev_u(state.compacted_upto)),
+            (META_WAL_SEQ, seq),
+        ] {
+            t.meta.insert(name, value).map_err(storage_err)?;
+        }
+    }
+    wtxn.commit().map_err(storage_err)
+}
+
+/// Whether a command would store new data (refused when the disk is nearly full).
+fn adds_data(cmd: &Command) -> bool {
+    match cmd {
+        Command::Txn(txn, _) => txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| matches!(op, TxnOp::Put { .. })),
+        Command::LeaseGrant(..) => true,
+        _ => false,
+    }
+}
+
+/// The outcome of a command refused before it ran.
+fn refused(cmd: Command, msg: &str) -> Outcome {
+    let err = || Error::Storage(msg.to_string());
+    match cmd {
+        Command::Txn(_, reply) => Outcome::Txn(reply, Err(err())),
+        Command::LeaseGrant(_, reply) => Outcome::LeaseGranted(reply, Err(err())),
+        Command::LeaseRevoke(id, reply) => Outcome::LeaseRevoked(reply, id, Err(err())),
+        Command::Compact(_, reply) => Outcome::Compacted(reply, Err(err())),
+        Command::Shutdown => unreachable!("the run loop handles shutdown"),
     }
 }
