@@ -200,3 +200,55 @@ async fn a_slow_watcher_catches_up_from_disk_without_gaps() {
     let expected: Vec<_> = (2..3002).map(|r| (EventType::Put, r)).collect();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn writes_after_the_last_checkpoint_come_back_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut acked = Vec::new();
+    for i in 0..20u32 {
+        let key = format!("/wal/{i:02}");
+        acked.push((
+            key.clone(),
+            store
+                .put(key.as_bytes(), vec![i as u8; 100], 0)
+                .await
+                .unwrap(),
+        ));
+    }
+    // What a process killed right now leaves on disk: the files as they are (the page cache
+    // survives the process), with redb's last checkpoint older than these writes.
+    let crash = tempfile::tempdir().unwrap();
+    let wal = wal::Wal::path_for(&dir.path().join("db"));
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::copy(dir.path().join("db"), crash.path().join("db")).unwrap();
+    std::fs::copy(&wal, wal::Wal::path_for(&crash.path().join("db"))).unwrap();
+    assert!(
+        wal_len > 0,
+        "the writes must still be in the log, not yet checkpointed"
+    );
+    assert!(wal::read(&wal).unwrap().len() >= 1);
+
+    let recovered = open(&crash).await;
+    let all = recovered
+        .range(RangeRequest::new(KeyRange::prefix("/wal/")))
+        .await
+        .unwrap();
+    let got: Vec<_> = all
+        .kvs
+        .iter()
+        .map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision))
+        .collect();
+    assert_eq!(got, acked);
+    assert_eq!(all.kvs[19].value, vec![19u8; 100]);
+    // The next write continues the revisions, and the log was folded into a checkpoint.
+    let next = recovered.put(b"/wal/next", vec![1], 0).await.unwrap();
+    assert_eq!(next, acked.last().unwrap().1 + 1);
+    drop(recovered);
+    assert_eq!(
+        std::fs::metadata(wal::Wal::path_for(&crash.path().join("db")))
+            .unwrap()
+            .len(),
+        0
+    );
+}
