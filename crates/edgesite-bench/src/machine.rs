@@ -114,7 +114,8 @@ impl Facts {
                 "etcd      {}, fsync on every commit (production durability), {quota_arg}",
                 self.etcd_version
             ),
-            "embedded  redb, Durability::Immediate (fsync on every group commit), 32 MiB cache"
+            "embedded  redb + write-ahead log, fsync on every group commit, redb checkpoint every \
+             250 ms, 32 MiB cache"
                 .to_string(),
             format!("load      {} (1/5/15 min) at start", load_average()),
             format!("run       {settings}"),

@@ -1,7 +1,7 @@
 //! `edgesite-bench`: the store figures of `docs/benchmarks.md`, measured on the embedded engine
 //! and on a real etcd side by side, with the same workload and the same durability (every
-//! acknowledged write is on disk: the embedded engine commits with `Durability::Immediate`, etcd
-//! fsyncs its WAL on every commit by default).
+//! acknowledged write is on disk: the embedded engine fsyncs its write-ahead log on every group
+//! commit, etcd fsyncs its WAL on every commit by default).
 //!
 //! Each figure is printed as one line, `label  embedded X  etcd Y  ratio X/Y  (goal …) met|MISSED`,
 //! so that runs can be compared over time with `grep`/`diff`. Progress goes to stderr.
