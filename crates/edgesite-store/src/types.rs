@@ -1,6 +1,11 @@
 //! Request and response values of the store, shaped after etcd's v3 API so that both backends
 //! (embedded and etcd) speak the same language and the API server never sees which one it uses.
 
+use std::collections::BTreeSet;
+
+use crate::Error;
+use crate::error::key_str;
+
 /// A store revision: global, monotonically increasing, one per successful write transaction.
 pub type Revision = i64;
 
@@ -101,6 +106,51 @@ impl KeyRange {
             Self::Range { start, end } => (start.clone(), Some(end.clone())),
         }
     }
+}
+
+/// Checks the form of one transaction branch (see [`Txn::check`]).
+fn check_branch(ops: &[TxnOp]) -> Result<(), Error> {
+    let mut put_keys = BTreeSet::new();
+    let mut deletes = Vec::new();
+    for op in ops {
+        match op {
+            TxnOp::Put { key, value, .. } => {
+                if key.is_empty() {
+                    return Err(Error::InvalidRequest("key must not be empty".into()));
+                }
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(Error::ValueTooLarge {
+                        key: key_str(key),
+                        size: value.len(),
+                        limit: MAX_VALUE_BYTES,
+                    });
+                }
+                if !put_keys.insert(key.as_slice()) {
+                    return Err(Error::InvalidRequest(format!(
+                        "duplicate key {:?} in one transaction",
+                        key_str(key)
+                    )));
+                }
+            }
+            TxnOp::Delete { range, .. } => {
+                if matches!(range, KeyRange::Key(k) if k.is_empty()) {
+                    return Err(Error::InvalidRequest("key must not be empty".into()));
+                }
+                deletes.push(range);
+            }
+            TxnOp::Range(_) => {}
+        }
+    }
+    if let Some(key) = put_keys
+        .iter()
+        .find(|k| deletes.iter().any(|r| r.contains(k)))
+    {
+        return Err(Error::InvalidRequest(format!(
+            "key {:?} is both put and deleted in one transaction",
+            key_str(key)
+        )));
+    }
+    Ok(())
 }
 
 fn unbounded_end(end: &[u8]) -> bool {
@@ -364,6 +414,15 @@ impl Txn {
     /// Whether the given branch writes anything.
     pub fn branch_writes(ops: &[TxnOp]) -> bool {
         ops.iter().any(|op| !matches!(op, TxnOp::Range(_)))
+    }
+
+    /// Checks the form of both branches, as etcd does before looking at any state: no empty
+    /// key, no value over [`MAX_VALUE_BYTES`], no key written twice (two puts, or a put inside a
+    /// range the same branch deletes).
+    pub fn check(&self) -> Result<(), Error> {
+        [&self.success, &self.failure]
+            .into_iter()
+            .try_for_each(|ops| check_branch(ops))
     }
 }
 

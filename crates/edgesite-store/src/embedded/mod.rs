@@ -25,8 +25,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, TableError};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::types::{
-    Event, LeaseId, LeaseInfo, MAX_VALUE_BYTES, RangeRequest, RangeResponse, Revision, StoreStatus,
-    Txn, TxnOp, TxnResponse, WatchRequest,
+    Event, LeaseId, LeaseInfo, RangeRequest, RangeResponse, Revision, StoreStatus, Txn,
+    TxnResponse, WatchRequest,
 };
 use crate::{Error, Result, Store, WatchStream};
 use codec::{
@@ -379,18 +379,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        // Refuse oversized values before they travel to the writer.
-        for op in txn.success.iter().chain(&txn.failure) {
-            if let TxnOp::Put { key, value, .. } = op
-                && value.len() > MAX_VALUE_BYTES
-            {
-                return Err(Error::ValueTooLarge {
-                    key: crate::error::key_str(key),
-                    size: value.len(),
-                    limit: MAX_VALUE_BYTES,
-                });
-            }
-        }
+        // A malformed transaction is refused whichever branch would run, as etcd does, and
+        // before it travels to the writer.
+        txn.check()?;
         self.call(|reply| Command::Txn(txn, reply)).await
     }
 

@@ -5,7 +5,7 @@
 //! made durable at checkpoints. The writer also runs compaction, a bounded step per commit, so
 //! that reclaiming space never stalls writes.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -23,8 +23,7 @@ use super::wal::{Record, RecordBuilder, Request, Wal};
 use super::{Batch, CompactionPolicy, Shared, storage_err};
 use crate::error::key_str;
 use crate::types::{
-    Event, EventType, KeyRange, KeyValue, LeaseId, MAX_VALUE_BYTES, Revision, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Event, EventType, KeyRange, KeyValue, LeaseId, Revision, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use crate::{Error, Result};
 
@@ -631,14 +630,9 @@ impl State {
                 break;
             }
         }
-        // As etcd does: a malformed branch refuses the transaction whichever branch runs; what
-        // depends on the state (leases, read revisions) is checked on the branch that runs.
-        // Either way the refusal comes before any write.
-        for ops in [&txn.success, &txn.failure] {
-            if let Err(e) = validate_shape(ops) {
-                return Ok(Err(e));
-            }
-        }
+        // The form of both branches was checked before the request was queued (`Txn::check`);
+        // what depends on the state (leases, read revisions) is checked here, on the branch that
+        // runs, before anything is written.
         let ops = if succeeded { txn.success } else { txn.failure };
         if let Err(e) = validate_against_state(t, &ops, self.revision, self.compact)? {
             return Ok(Err(e));
@@ -765,51 +759,6 @@ impl State {
         t.leases.remove(lid).map_err(storage_err)?;
         Ok(Ok(()))
     }
-}
-
-/// Checks the form of a branch: keys, value sizes, no key written twice.
-fn validate_shape(ops: &[TxnOp]) -> Result<()> {
-    let mut put_keys = BTreeSet::new();
-    let mut deletes = Vec::new();
-    for op in ops {
-        match op {
-            TxnOp::Put { key, value, .. } => {
-                if key.is_empty() {
-                    return Err(Error::InvalidRequest("key must not be empty".into()));
-                }
-                if value.len() > MAX_VALUE_BYTES {
-                    return Err(Error::ValueTooLarge {
-                        key: key_str(key),
-                        size: value.len(),
-                        limit: MAX_VALUE_BYTES,
-                    });
-                }
-                if !put_keys.insert(key.as_slice()) {
-                    return Err(Error::InvalidRequest(format!(
-                        "duplicate key {:?} in one transaction",
-                        key_str(key)
-                    )));
-                }
-            }
-            TxnOp::Delete { range, .. } => {
-                if matches!(range, KeyRange::Key(k) if k.is_empty()) {
-                    return Err(Error::InvalidRequest("key must not be empty".into()));
-                }
-                deletes.push(range);
-            }
-            TxnOp::Range(_) => {}
-        }
-    }
-    if let Some(key) = put_keys
-        .iter()
-        .find(|k| deletes.iter().any(|r| r.contains(k)))
-    {
-        return Err(Error::InvalidRequest(format!(
-            "key {:?} is both put and deleted in one transaction",
-            key_str(key)
-        )));
-    }
-    Ok(())
 }
 
 /// Checks what a branch refers to: leases that exist, read revisions that are readable (against
