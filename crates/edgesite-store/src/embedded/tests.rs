@@ -252,3 +252,33 @@ async fn writes_after_the_last_checkpoint_come_back_from_the_log() {
         0
     );
 }
+
+#[tokio::test]
+async fn refuses_a_damaged_file_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    for i in 0..100u32 {
+        store
+            .put(format!("/d/{i}").as_bytes(), vec![9; 512], 0)
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let path = dir.path().join("db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Scramble the header (both commit slots) past redb's magic number.
+    for b in &mut bytes[16..1024] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = EmbeddedStore::open(EmbeddedConfig::new(&path))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unusable { .. }), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "a refused file is not modified"
+    );
+}
