@@ -1,0 +1,7 @@
+//! Kubernetes API machinery with no IO, used by the API server, the controllers and the agent:
+//! label and field selectors, the patch engines (JSON patch, merge patch, strategic merge
+//! patch) and resource quantities. Objects are handled as raw JSON (`serde_json::Value`), the
+//! form in which the store keeps them, so that no field a client sent is ever lost.
+pub mod patch;
+pub mod quantity;
+pub mod selector;
