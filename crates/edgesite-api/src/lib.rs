@@ -1,7 +1,12 @@
 //! Kubernetes API machinery with no IO, used by the API server, the controllers and the agent:
 //! label and field selectors, the patch engines (JSON patch, merge patch, strategic merge
-//! patch) and resource quantities. Objects are handled as raw JSON (`serde_json::Value`), the
-//! form in which the store keeps them, so that no field a client sent is ever lost.
+//! patch), resource quantities, the table of served resources with its discovery documents,
+//! and the `metav1.Status` form of API errors. Objects are handled as raw JSON
+//! (`serde_json::Value`), the form in which the store keeps them, so that no field a client sent
+//! is ever lost.
+pub mod discovery;
 pub mod patch;
 pub mod quantity;
+pub mod registry;
 pub mod selector;
+pub mod status;
