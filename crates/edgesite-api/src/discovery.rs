@@ -1,4 +1,4 @@
-//! Discovery documents built from the [`registry`](crate::registry): the legacy form
+//! Discovery documents built from the [`crate::registry`]: the legacy form
 //! (`/api`, `/apis`, `/api/v1`, `/apis/{g}/{v}`), the aggregated form (`APIGroupDiscoveryList`)
 //! and `/version`.
 //!

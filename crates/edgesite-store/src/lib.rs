@@ -25,6 +25,7 @@ mod types;
 
 pub mod embedded;
 pub mod etcd;
+pub mod watch_cache;
 
 use std::path::PathBuf;
 

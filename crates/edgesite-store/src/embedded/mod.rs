@@ -1,9 +1,10 @@
 //! The embedded engine: an MVCC key-value store with etcd v3 semantics on one `redb` file.
 //!
 //! Readers use redb's MVCC snapshots directly and never wait for the writer. Every change goes
-//! through one writer thread ([`writer`]) that folds concurrent requests into one durable commit.
+//! through one writer thread (`writer.rs`) that folds concurrent requests into one durable commit,
+//! logged to a write-ahead log (`wal.rs`) and checkpointed into redb.
 //! Watchers are fed live from the writer's committed batches and fall back to the on-disk change
-//! log when they start in the past or fall behind ([`watch`]). Leases live on disk; their
+//! log when they start in the past or fall behind (`watch.rs`). Leases live on disk; their
 //! deadlines live in memory and restart at full TTL when the store opens, as etcd does.
 
 mod codec;
