@@ -1,12 +1,21 @@
 //! EdgeSite's API server.
 //!
-//! So far this holds the cluster PKI bootstrap ([`pki`]): the cluster CA, the API server's serving
-//! certificate, the admin client certificate, the rustls server configuration that asks for (but
-//! does not require) client certificates, and the admin kubeconfig ([`kubeconfig`]).
+//! - [`pki`]: the cluster CA, the serving certificate, the admin client certificate and the
+//!   rustls server configuration that asks for (but does not require) client certificates;
+//!   [`kubeconfig`]: the admin kubeconfig.
+//! - [`server`]: the HTTPS accept loop (tokio-rustls, HTTP/1.1 and HTTP/2) and startup/shutdown.
+//! - [`authn`] and [`authz`]: who is asking ([`authn::Identity`] from client certificates,
+//!   with a hook for bearer tokens) and whether they may ([`authz::Authorizer`]).
+//! - [`handlers`]: the axum router: version, health, discovery; resource handlers come next.
 
+pub mod authn;
+pub mod authz;
 mod fsutil;
+pub mod handlers;
 pub mod kubeconfig;
 pub mod pki;
+pub mod server;
 
 pub use kubeconfig::{Kubeconfig, KubeconfigError, write_admin_kubeconfig};
 pub use pki::{ClusterPki, IssuedCert, PkiError, PkiOptions, client_identity};
+pub use server::{Server, ServerConfig, ServerError};

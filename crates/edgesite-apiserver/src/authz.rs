@@ -1,0 +1,101 @@
+//! Authorization: may this user do this? An [`Authorizer`] decides on [`RequestAttributes`];
+//! RBAC and the node authorizer will be further implementations.
+
+use std::fmt;
+
+use crate::authn::Identity;
+use crate::pki::ADMIN_GROUP;
+
+/// Non-resource paths every user, anonymous included, may `get` — upstream's
+/// `system:public-info-viewer` cluster role, bound to `system:authenticated` and
+/// `system:unauthenticated`.
+pub const PUBLIC_INFO_PATHS: [&str; 5] = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
+
+/// Whether `path` is one of [`PUBLIC_INFO_PATHS`].
+pub fn is_public_info_path(path: &str) -> bool {
+    PUBLIC_INFO_PATHS.contains(&path)
+}
+
+/// What is being asked. Today every request is treated as a non-resource request (verb from the
+/// HTTP method, the path); resource attributes (namespace, resource, name, subresource) arrive
+/// with the resource handlers.
+#[derive(Debug, Clone)]
+pub struct RequestAttributes<'a> {
+    /// Who asks.
+    pub identity: &'a Identity,
+    /// The lower-case verb (`get`, `post`, … for non-resource requests).
+    pub verb: String,
+    /// The request path.
+    pub path: &'a str,
+}
+
+/// An authorizer's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed.
+    Allow,
+    /// Denied; the reason is for logs.
+    Deny(String),
+}
+
+/// Decides whether a request may proceed.
+pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
+    /// Authorizes one request.
+    fn authorize(&self, attrs: &RequestAttributes<'_>) -> Decision;
+}
+
+/// The bootstrap policy: members of `system:masters` may do everything; everyone may `get` the
+/// [`PUBLIC_INFO_PATHS`]; everything else is denied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MastersAuthorizer;
+
+impl Authorizer for MastersAuthorizer {
+    fn authorize(&self, attrs: &RequestAttributes<'_>) -> Decision {
+        if attrs.identity.in_group(ADMIN_GROUP) {
+            return Decision::Allow;
+        }
+        if attrs.verb == "get" && is_public_info_path(attrs.path) {
+            return Decision::Allow;
+        }
+        Decision::Deny(format!(
+            "user {:?} is not in {ADMIN_GROUP}",
+            attrs.identity.user
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs<'a>(id: &'a Identity, verb: &str, path: &'a str) -> RequestAttributes<'a> {
+        RequestAttributes {
+            identity: id,
+            verb: verb.to_owned(),
+            path,
+        }
+    }
+
+    #[test]
+    fn masters_allowed_others_denied() {
+        let admin = Identity::authenticated("a", vec![ADMIN_GROUP.into()]);
+        let bob = Identity::authenticated("bob", vec![]);
+        let z = MastersAuthorizer;
+        assert_eq!(
+            z.authorize(&attrs(&admin, "delete", "/api")),
+            Decision::Allow
+        );
+        assert!(matches!(
+            z.authorize(&attrs(&bob, "get", "/api")),
+            Decision::Deny(_)
+        ));
+        assert_eq!(
+            z.authorize(&attrs(&bob, "get", "/version")),
+            Decision::Allow
+        );
+        assert!(matches!(
+            z.authorize(&attrs(&bob, "post", "/version")),
+            Decision::Deny(_)
+        ));
+    }
+}

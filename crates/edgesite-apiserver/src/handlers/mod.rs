@@ -1,0 +1,207 @@
+//! The HTTP surface: an axum [`Router`] with authentication and authorization in front of the
+//! discovery, version and health endpoints. Resource handlers plug into [`router`] next.
+
+mod discovery;
+mod health;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use edgesite_api::status::ApiError;
+use edgesite_store::Store;
+use serde_json::{Value, json};
+use tracing::debug;
+
+use crate::authn::{Authenticator, AuthnResult, ConnectionInfo, Identity};
+use crate::authz::{Authorizer, Decision, RequestAttributes, is_public_info_path};
+
+/// Everything handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The cluster's store.
+    pub store: Arc<dyn Store>,
+    /// `host:port` clients should use, reported by `GET /api`.
+    pub server_address: String,
+    /// The `/version` body, computed once.
+    pub version: Value,
+    /// Authenticates each request.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Authorizes each request.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// Set when shutdown begins; `/readyz` then fails so load balancers stop sending traffic.
+    pub shutting_down: AtomicBool,
+}
+
+/// The API router over `state`. Requests should carry a [`ConnectionInfo`] extension (the
+/// accept loop adds it); without one they are treated as coming without a client certificate.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/version", get_only(health::version))
+        .route("/version/", get_only(health::version))
+        .route("/healthz", get_only(health::healthz))
+        .route("/livez", get_only(health::livez))
+        .route("/readyz", get_only(health::readyz))
+        .route("/api", get_only(discovery::api))
+        .route("/api/", get_only(discovery::api))
+        .route("/apis", get_only(discovery::apis))
+        .route("/apis/", get_only(discovery::apis))
+        .route("/api/v1", get_only(discovery::core_v1))
+        .route("/api/v1/", get_only(discovery::core_v1))
+        .route("/apis/{group}", get_only(discovery::group))
+        .route("/apis/{group}/", get_only(discovery::group))
+        .route(
+            "/apis/{group}/{version}",
+            get_only(discovery::group_version),
+        )
+        .route(
+            "/apis/{group}/{version}/",
+            get_only(discovery::group_version),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_and_authorize,
+        ))
+        .with_state(state)
+}
+
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<ApiState>>
+where
+    H: axum::handler::Handler<T, Arc<ApiState>>,
+    T: 'static,
+{
+    get(handler).fallback(method_not_allowed)
+}
+
+/// Authentication, then authorization, then the handler; logs each request at debug level.
+async fn authenticate_and_authorize(
+    State(state): State<Arc<ApiState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let conn = req
+        .extensions()
+        .get::<ConnectionInfo>()
+        .cloned()
+        .unwrap_or_default();
+    let identity = match state.authenticator.authenticate(&conn, req.headers()) {
+        AuthnResult::Authenticated(id) => Some(id),
+        AuthnResult::NoCredentials => None,
+        AuthnResult::Rejected(why) => {
+            debug!(%method, %path, remote = ?conn.remote_addr, %why, "authentication failed");
+            return status_response(&ApiError::unauthorized());
+        }
+    };
+    let identity = match identity {
+        Some(id) => id,
+        // Anonymous requests reach only the public-info paths; everything else asks for
+        // credentials.
+        None if is_public_info_path(&path) => Identity::anonymous(),
+        None => return status_response(&ApiError::unauthorized()),
+    };
+    let verb = method.as_str().to_ascii_lowercase();
+    let attrs = RequestAttributes {
+        identity: &identity,
+        verb,
+        path: &path,
+    };
+    if let Decision::Deny(why) = state.authorizer.authorize(&attrs) {
+        debug!(%method, %path, user = %identity.user, %why, "forbidden");
+        let message = format!(
+            "forbidden: User {:?} cannot {} path {:?}",
+            identity.user, attrs.verb, path
+        );
+        return status_json_response(StatusCode::FORBIDDEN, "Forbidden", &message);
+    }
+    let user = identity.user.clone();
+    req.extensions_mut().insert(identity);
+    let resp = next.run(req).await;
+    debug!(
+        %method,
+        %path,
+        %user,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn not_found() -> Response {
+    status_json_response(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    status_json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
+}
+
+/// A JSON response with `Content-Type: application/json`.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    json_response_as(status, body, "application/json")
+}
+
+/// A JSON response with the given content type (e.g. the aggregated discovery type).
+pub fn json_response_as(status: StatusCode, body: &Value, content_type: &'static str) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The `metav1.Status` response for `err`, with `Retry-After` when it carries one.
+pub fn status_response(err: &ApiError) -> Response {
+    let status = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(status, &err.to_status_json());
+    if let Some(secs) = err.retry_after_seconds() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// A generic failure `Status` as upstream's `NewGenericServerResponse` builds it (empty
+/// `details`), for errors that are about the path rather than a resource.
+pub fn status_json_response(status: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {},
+        "code": status.as_u16(),
+    });
+    json_response(status, &body)
+}
+
+/// A `text/plain` response (health endpoints).
+fn text_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,334 @@
+//! The HTTPS server: opens the store, loads the PKI, binds, accepts TLS connections (HTTP/1.1
+//! and HTTP/2 with upgrades) and serves the [`crate::handlers::router`]; then writes the admin
+//! kubeconfig. [`Server::shutdown`] stops accepting, lets in-flight requests finish (up to
+//! [`ServerConfig::shutdown_timeout`]) and closes the store.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use edgesite_api::discovery;
+use edgesite_store::{DatastoreConfig, Store};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
+
+use crate::authn::{ConnectionInfo, UnionAuthenticator};
+use crate::authz::MastersAuthorizer;
+use crate::handlers::{ApiState, router};
+use crate::kubeconfig::{KubeconfigError, write_admin_kubeconfig};
+use crate::pki::{ClusterPki, PkiError, PkiOptions};
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How `edgesite server` is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory: `pki/`, `db/`, `admin.kubeconfig`.
+    pub data_dir: PathBuf,
+    /// The address to listen on (`0.0.0.0` for all IPv4 interfaces).
+    pub bind_address: IpAddr,
+    /// The HTTPS port; `0` picks a free one (see [`Server::local_addr`]).
+    pub secure_port: u16,
+    /// The store; `None` is the embedded store at `data_dir/db/state.redb`.
+    pub datastore: Option<DatastoreConfig>,
+    /// What the serving certificate covers. A specific [`Self::bind_address`] is added to it.
+    pub pki: PkiOptions,
+    /// `gitCommit` reported by `/version`.
+    pub git_commit: String,
+    /// `buildDate` (RFC 3339) reported by `/version`.
+    pub build_date: String,
+    /// How long shutdown waits for in-flight requests before dropping connections.
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: all interfaces, port 6443, embedded store, hostname and interface addresses in
+    /// the serving certificate.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            secure_port: 6443,
+            datastore: None,
+            pki: PkiOptions::default(),
+            git_commit: "unknown".to_owned(),
+            build_date: "1970-01-01T00:00:00Z".to_owned(),
+            shutdown_timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// The embedded store's file: `data_dir/db/state.redb`.
+    pub fn embedded_store_path(&self) -> PathBuf {
+        self.data_dir.join("db").join("state.redb")
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] edgesite_store::Error),
+    /// The PKI could not be loaded or created.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin kubeconfig could not be written.
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+}
+
+/// A running server. Dropping it without [`Server::shutdown`] leaves the accept loop running
+/// until the runtime stops.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    url: String,
+    kubeconfig_path: PathBuf,
+    ready_after: Duration,
+    state: Arc<ApiState>,
+    shutdown_tx: watch::Sender<bool>,
+    accept_loop: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the store, loads or creates the PKI, binds and starts accepting; once the listener
+    /// accepts, writes `data_dir/admin.kubeconfig` and returns.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+
+        let datastore = config
+            .datastore
+            .clone()
+            .unwrap_or_else(|| DatastoreConfig::embedded(config.embedded_store_path()));
+        let store = edgesite_store::open(&datastore).await?;
+        let store_ready = started.elapsed();
+
+        let mut pki_opts = config.pki.clone();
+        if !config.bind_address.is_unspecified() {
+            pki_opts.extra_sans.push(config.bind_address.to_string());
+        }
+        let data_dir = config.data_dir.clone();
+        let pki =
+            tokio::task::spawn_blocking(move || ClusterPki::load_or_create(&data_dir, &pki_opts))
+                .await
+                .map_err(|e| PkiError::Corrupt {
+                    path: config.data_dir.join("pki"),
+                    reason: format!("PKI task failed: {e}"),
+                })??;
+        let tls = TlsAcceptor::from(pki.server_config()?);
+        let pki_ready = started.elapsed();
+
+        let addr = SocketAddr::new(config.bind_address, config.secure_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+
+        let client_host = if config.bind_address.is_unspecified() {
+            match config.bind_address {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            }
+        } else {
+            config.bind_address
+        };
+        let client_addr = SocketAddr::new(client_host, local_addr.port());
+        let url = format!("https://{client_addr}");
+
+        let state = Arc::new(ApiState {
+            store,
+            server_address: client_addr.to_string(),
+            version: discovery::version_info(&config.git_commit, &config.build_date),
+            authenticator: Arc::new(UnionAuthenticator::default_chain()),
+            authorizer: Arc::new(MastersAuthorizer),
+            shutting_down: AtomicBool::new(false),
+        });
+        let app = router(state.clone());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let accept_loop = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            app,
+            shutdown_rx,
+            config.shutdown_timeout,
+        ));
+
+        let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
+        let ready_after = started.elapsed();
+        info!(
+            address = %local_addr,
+            kubeconfig = %kubeconfig_path.display(),
+            store_ms = store_ready.as_millis() as u64,
+            pki_ms = (pki_ready - store_ready).as_millis() as u64,
+            ready_ms = ready_after.as_millis() as u64,
+            "API server ready in {:.1} ms",
+            ready_after.as_secs_f64() * 1e3
+        );
+        Ok(Self {
+            local_addr,
+            url,
+            kubeconfig_path,
+            ready_after,
+            state,
+            shutdown_tx,
+            accept_loop,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL clients should use (`https://127.0.0.1:<port>` when bound to all interfaces).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The admin kubeconfig written at startup.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// How long [`Server::start`] took, from entry to the kubeconfig being written.
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// The store the server uses.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.state.store
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, waits for in-flight requests (bounded by the shutdown timeout) and
+    /// closes the store.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.state.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        if let Err(err) = self.accept_loop.await {
+            warn!(%err, "accept loop ended abnormally");
+        }
+        // The embedded store joins its writer thread on drop: do that off the async threads.
+        let state = self.state;
+        let _ = tokio::task::spawn_blocking(move || drop(state)).await;
+        info!("shut down");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let tls = tls.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            if let Err(err) = serve_connection(tcp, remote, tls, app, builder, watcher).await {
+                debug!(%remote, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => debug!("all connections closed"),
+        _ = tokio::time::sleep(shutdown_timeout) => {
+            warn!("shutdown timeout: dropping the remaining connections");
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: TlsAcceptor,
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await??;
+    let peer_certificates = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| {
+            certs
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let conn = ConnectionInfo {
+        remote_addr: Some(remote),
+        peer_certificates: peer_certificates.into(),
+    };
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        app.clone().oneshot(req)
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    watcher.watch(connection.into_owned()).await
+}

@@ -1,0 +1,193 @@
+//! System test: the built `edgesite server` binary, started twice on one data directory; time
+//! to ready (spawn → admin.kubeconfig written → `/readyz` answers through kubectl), the real
+//! kubectl against it, graceful shutdown on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
+    let out = Command::new(KUBECTL)
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {KUBECTL}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "$ kubectl {}\n{stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "kubectl {args:?} failed");
+    Ok(stdout)
+}
+
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and waits for the kubeconfig; returns the process and the time it took.
+fn start(data_dir: &Path, log: &Path) -> Result<(Running, Duration)> {
+    start_with(data_dir, log, &[])
+}
+
+fn start_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Result<(Running, Duration)> {
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    let _ = std::fs::remove_file(&kubeconfig);
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_edgesite"))
+        .args([
+            "server",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("cannot start edgesite")?;
+    let mut running = Running { child };
+    while !kubeconfig.exists() {
+        if let Some(status) = running.child.try_wait()? {
+            bail!(
+                "edgesite exited early with {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "not ready within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok((running, started.elapsed()))
+}
+
+fn terminate(mut running: Running, log: &Path) -> Result<()> {
+    let pid = running.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = running.child.try_wait()? {
+            let text = std::fs::read_to_string(log)?;
+            ensure!(status.success(), "edgesite exited with {status}:\n{text}");
+            ensure!(text.contains("received SIGTERM"), "{text}");
+            ensure!(text.contains("shut down"), "{text}");
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "edgesite did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn edgesite_server_binary_starts_serves_kubectl_and_stops() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let kubeconfig = data.join("admin.kubeconfig");
+
+    for round in [
+        "first start (creates PKI and store)",
+        "second start (reuses them)",
+    ] {
+        let log = dir.path().join("server.log");
+        let ca_before = std::fs::read(data.join("pki/ca.crt")).ok();
+        let spawned = Instant::now();
+        let (running, to_kubeconfig) = start(&data, &log)?;
+        let ready = kubectl(home.path(), &kubeconfig, &["get", "--raw", "/readyz"])?;
+        let to_first_answer = spawned.elapsed();
+        assert_eq!(ready, "ok");
+        println!(
+            "{round}: admin.kubeconfig after {to_kubeconfig:?}; first kubectl answer after \
+             {to_first_answer:?} (kubectl startup included)"
+        );
+        let text = std::fs::read_to_string(&log)?;
+        let line = text
+            .lines()
+            .find(|l| l.contains("API server ready in"))
+            .context("ready line logged")?;
+        println!("server log: {line}");
+        assert!(text.contains("embedded store open"), "{text}");
+        assert!(data.join("db/state.redb").exists());
+        if let Some(ca) = ca_before {
+            assert_eq!(std::fs::read(data.join("pki/ca.crt"))?, ca, "CA reused");
+        }
+
+        let version = kubectl(home.path(), &kubeconfig, &["version", "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&version)?;
+        assert_eq!(v["serverVersion"]["minor"], "32");
+        let resources = kubectl(home.path(), &kubeconfig, &["api-resources"])?;
+        assert!(resources.lines().any(|l| l.starts_with("deployments ")));
+
+        terminate(running, &log)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn edgesite_server_binary_runs_on_etcd() -> Result<()> {
+    let etcd = edgesite_testkit::EtcdServer::try_start()?;
+    let dir = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let url = format!("etcd://{}", etcd.endpoint());
+    let (running, to_kubeconfig) = start_with(&data, &log, &["--datastore", &url])?;
+    println!("on etcd: admin.kubeconfig after {to_kubeconfig:?}");
+    let ready = kubectl(
+        home.path(),
+        &data.join("admin.kubeconfig"),
+        &["get", "--raw", "/readyz"],
+    )?;
+    assert_eq!(ready, "ok");
+    assert!(
+        !data.join("db/state.redb").exists(),
+        "embedded store not used"
+    );
+    terminate(running, &log)
+}
+
+#[test]
+fn edgesite_server_rejects_a_bad_datastore_url() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_edgesite"))
+        .args([
+            "server",
+            "--secure-port",
+            "0",
+            "--datastore",
+            "mysql://x",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid --datastore"), "{stderr}");
+    Ok(())
+}
