@@ -27,6 +27,23 @@ pub struct RequestAttributes<'a> {
     pub verb: String,
     /// The request path.
     pub path: &'a str,
+    /// For resource requests: what the verb applies to (`None`: a non-resource request).
+    pub resource: Option<ResourceAttributes>,
+}
+
+/// The resource a resource request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceAttributes {
+    /// The API group (`""` for core).
+    pub api_group: String,
+    /// The resource (plural).
+    pub resource: String,
+    /// The subresource, if any.
+    pub subresource: Option<String>,
+    /// The namespace, if any.
+    pub namespace: Option<String>,
+    /// The object name, if any.
+    pub name: Option<String>,
 }
 
 /// An authorizer's answer.
@@ -73,6 +90,7 @@ mod tests {
             identity: id,
             verb: verb.to_owned(),
             path,
+            resource: None,
         }
     }
 

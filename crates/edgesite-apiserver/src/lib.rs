@@ -6,7 +6,9 @@
 //! - [`server`]: the HTTPS accept loop (tokio-rustls, HTTP/1.1 and HTTP/2) and startup/shutdown.
 //! - [`authn`] and [`authz`]: who is asking ([`authn::Identity`] from client certificates,
 //!   with a hook for bearer tokens) and whether they may ([`authz::Authorizer`]).
-//! - [`handlers`]: the axum router: version, health, discovery; resource handlers come next.
+//! - [`handlers`]: the axum router: version, health, discovery, and generic handlers for every
+//!   registered resource over raw JSON (get, list, watch, create, update, patch, delete,
+//!   `/status`), reading through [`storage`]'s watch caches and writing through the store.
 
 pub mod authn;
 pub mod authz;
@@ -15,6 +17,7 @@ pub mod handlers;
 pub mod kubeconfig;
 pub mod pki;
 pub mod server;
+pub mod storage;
 
 pub use kubeconfig::{Kubeconfig, KubeconfigError, write_admin_kubeconfig};
 pub use pki::{ClusterPki, IssuedCert, PkiError, PkiOptions, client_identity};

@@ -173,6 +173,7 @@ impl Server {
         let url = format!("https://{client_addr}");
 
         let state = Arc::new(ApiState {
+            storage: crate::storage::Storage::new(store.clone()),
             store,
             server_address: client_addr.to_string(),
             version: discovery::version_info(&config.git_commit, &config.build_date),
@@ -180,6 +181,9 @@ impl Server {
             authorizer: Arc::new(MastersAuthorizer),
             shutting_down: AtomicBool::new(false),
         });
+        if let Err(err) = crate::handlers::resources::seed(&state, local_addr.port()).await {
+            warn!(%err, "cannot seed the built-in objects");
+        }
         let app = router(state.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let accept_loop = tokio::spawn(accept_loop(

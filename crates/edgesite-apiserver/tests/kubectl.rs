@@ -78,3 +78,69 @@ async fn kubectl_version_and_api_resources() -> Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_configmap_lifecycle_and_namespaces() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let mut config = ServerConfig::new(dir.path());
+    config.bind_address = "127.0.0.1".parse()?;
+    config.secure_port = 0;
+    config.pki = PkiOptions {
+        hostname: Some("edge-test".to_owned()),
+        extra_sans: Vec::new(),
+        include_interface_ips: false,
+    };
+    let server = Server::start(config).await?;
+    let kc = server.kubeconfig_path().to_owned();
+    let file = home.path().join("cm.json");
+    std::fs::write(
+        &file,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"a":"b"}}"#,
+    )?;
+    let f = file.to_str().context("path")?;
+    let ok = |out: &Output, what: &str| -> Result<String> {
+        ensure!(out.status.success(), "{what} failed");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let s = ok(
+        &kubectl(home.path(), &kc, &["create", "-f", f, "--validate=false"]).await?,
+        "create",
+    )?;
+    assert!(s.contains("configmap/x created"), "{s}");
+    let s = ok(&kubectl(home.path(), &kc, &["get", "cm"]).await?, "get cm")?;
+    assert!(
+        s.contains("NAME") && s.contains("DATA") && s.contains('x'),
+        "{s}"
+    );
+    let s = ok(
+        &kubectl(home.path(), &kc, &["get", "cm", "x", "-o", "yaml"]).await?,
+        "get -o yaml",
+    )?;
+    assert!(s.contains("a: b") && s.contains("uid:"), "{s}");
+    let s = ok(
+        &kubectl(home.path(), &kc, &["label", "cm", "x", "k=v"]).await?,
+        "label",
+    )?;
+    assert!(s.contains("labeled"), "{s}");
+    let s = ok(
+        &kubectl(home.path(), &kc, &["get", "cm", "-l", "k=v", "-o", "name"]).await?,
+        "get -l",
+    )?;
+    assert_eq!(s.trim(), "configmap/x");
+    let s = ok(
+        &kubectl(home.path(), &kc, &["delete", "cm", "x"]).await?,
+        "delete",
+    )?;
+    assert!(s.contains("deleted"), "{s}");
+    let out = kubectl(home.path(), &kc, &["get", "cm", "x"]).await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let s = ok(&kubectl(home.path(), &kc, &["get", "ns"]).await?, "get ns")?;
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(s.contains(ns), "{s}");
+    }
+    assert!(s.contains("Active"), "{s}");
+    server.shutdown().await;
+    Ok(())
+}

@@ -3,6 +3,8 @@
 
 mod discovery;
 mod health;
+pub mod resources;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -21,13 +23,17 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use crate::authn::{Authenticator, AuthnResult, ConnectionInfo, Identity};
-use crate::authz::{Authorizer, Decision, RequestAttributes, is_public_info_path};
+use crate::authz::{
+    Authorizer, Decision, RequestAttributes, ResourceAttributes, is_public_info_path,
+};
 
 /// Everything handlers share.
 #[derive(Debug)]
 pub struct ApiState {
     /// The cluster's store.
     pub store: Arc<dyn Store>,
+    /// Object storage (watch caches) for the resource handlers.
+    pub storage: crate::storage::Storage,
     /// `host:port` clients should use, reported by `GET /api`.
     pub server_address: String,
     /// The `/version` body, computed once.
@@ -65,7 +71,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/apis/{group}/{version}/",
             get_only(discovery::group_version),
         )
-        .fallback(not_found)
+        .fallback(resource_or_not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_and_authorize,
@@ -110,11 +116,25 @@ async fn authenticate_and_authorize(
         None if is_public_info_path(&path) => Identity::anonymous(),
         None => return status_response(&ApiError::unauthorized()),
     };
-    let verb = method.as_str().to_ascii_lowercase();
+    let target = resources::parse_path(&path);
+    let (verb, resource) = match &target {
+        Some(Some(t)) => (
+            t.verb(&method, req.uri().query()).to_owned(),
+            Some(ResourceAttributes {
+                api_group: t.resource.group.to_owned(),
+                resource: t.resource.plural.to_owned(),
+                subresource: t.subresource.clone(),
+                namespace: t.namespace.clone(),
+                name: t.name.clone(),
+            }),
+        ),
+        _ => (method.as_str().to_ascii_lowercase(), None),
+    };
     let attrs = RequestAttributes {
         identity: &identity,
         verb,
         path: &path,
+        resource,
     };
     if let Decision::Deny(why) = state.authorizer.authorize(&attrs) {
         debug!(%method, %path, user = %identity.user, %why, "forbidden");
@@ -126,6 +146,9 @@ async fn authenticate_and_authorize(
     }
     let user = identity.user.clone();
     req.extensions_mut().insert(identity);
+    if let Some(Some(t)) = target {
+        req.extensions_mut().insert(t);
+    }
     let resp = next.run(req).await;
     debug!(
         %method,
@@ -136,6 +159,13 @@ async fn authenticate_and_authorize(
         "request"
     );
     resp
+}
+
+async fn resource_or_not_found(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+    match req.extensions().get::<resources::Target>().cloned() {
+        Some(t) => resources::handle(state, t, req).await,
+        None => not_found().await,
+    }
 }
 
 async fn not_found() -> Response {

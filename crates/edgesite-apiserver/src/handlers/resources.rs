@@ -1,0 +1,889 @@
+//! Generic resource handlers over raw JSON for every resource of the registry: get, list,
+//! watch, create, update, patch, delete and the `status` subresource.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Query, Request};
+use axum::http::{Method, StatusCode, header};
+use axum::response::Response;
+use edgesite_api::patch::{self, KnownMergeKeys};
+use edgesite_api::registry::{self, ResourceInfo};
+use edgesite_api::selector::{FieldSelector, LabelSelector, common_fields};
+use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE};
+use edgesite_api::table::{IncludeObject, TableOptions, table_for, unix_now};
+use edgesite_store::watch_cache::{ListOptions, WatchCacheError};
+use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest};
+use serde_json::{Map, Value, json};
+
+use super::{ApiState, json_response, status_response};
+use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
+
+/// The largest request body accepted (upstream: 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// A request for a resource, parsed from its path.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The resource.
+    pub resource: &'static ResourceInfo,
+    /// The namespace of the path, if any.
+    pub namespace: Option<String>,
+    /// The object name, if any.
+    pub name: Option<String>,
+    /// The subresource, if any.
+    pub subresource: Option<String>,
+}
+
+impl Target {
+    /// The authorization verb of `method` on this target.
+    pub fn verb(&self, method: &Method, query: Option<&str>) -> &'static str {
+        let watch =
+            query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+        match (method.as_str(), self.name.is_some()) {
+            ("GET" | "HEAD", _) if watch => "watch",
+            ("GET" | "HEAD", true) => "get",
+            ("GET" | "HEAD", false) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Parses a resource path. `None`: not a resource path (handled elsewhere); `Some(None)`: a
+/// resource path naming nothing this server serves (404).
+pub fn parse_path(path: &str) -> Option<Option<Target>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
+        _ => return None,
+    };
+    if rest.iter().any(|s| s.is_empty()) {
+        return Some(None);
+    }
+    let lookup = |plural: &str| registry::lookup(group, version, plural);
+    let with_sub = |t: Target| -> Option<Target> {
+        match &t.subresource {
+            Some(s) if t.resource.subresource(s).is_none() || s != "status" => None,
+            _ => Some(t),
+        }
+    };
+    let own = |s: &&str| (*s).to_owned();
+    Some(match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if lookup(plural).is_some_and(|r| r.namespaced) && tail.len() <= 2 =>
+        {
+            with_sub(Target {
+                resource: lookup(plural)?,
+                namespace: Some((*ns).to_owned()),
+                name: tail.first().map(own),
+                subresource: tail.get(1).map(own),
+            })
+        }
+        [plural] => lookup(plural).map(|r| Target {
+            resource: r,
+            namespace: None,
+            name: None,
+            subresource: None,
+        }),
+        [plural, name, tail @ ..] if tail.len() <= 1 => {
+            lookup(plural).filter(|r| !r.namespaced).and_then(|r| {
+                with_sub(Target {
+                    resource: r,
+                    namespace: None,
+                    name: Some((*name).to_owned()),
+                    subresource: tail.first().map(own),
+                })
+            })
+        }
+        _ => None,
+    })
+}
+
+/// Serves one resource request (after authentication and authorization).
+pub async fn handle(state: Arc<ApiState>, target: Target, req: Request) -> Response {
+    match handle_inner(state, target, req).await {
+        Ok(resp) => resp,
+        Err(err) => status_response(&err),
+    }
+}
+
+struct Ctx {
+    state: Arc<ApiState>,
+    r: &'static ResourceInfo,
+    ns: Option<String>,
+    query: HashMap<String, String>,
+    table: bool,
+}
+
+impl Ctx {
+    fn key(&self, name: &str) -> Result<String, ApiError> {
+        registry::storage_key(self.r, self.ns.as_deref(), name)
+            .ok_or_else(|| ApiError::not_found(self.r, name))
+    }
+
+    fn param(&self, k: &str) -> Option<&str> {
+        self.query.get(k).map(String::as_str)
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.param(k), Some("true" | "1"))
+    }
+
+    fn dry_run(&self) -> bool {
+        self.param("dryRun") == Some("All")
+    }
+
+    fn table_options(&self) -> TableOptions {
+        let mut o = TableOptions::at(unix_now());
+        if let Some(i) = self.param("includeObject").and_then(IncludeObject::parse) {
+            o.include_object = i;
+        }
+        o
+    }
+
+    fn respond(&self, status: StatusCode, obj: &Value) -> Response {
+        if self.table {
+            let mut o = self.table_options();
+            o.resource_version = meta_str(obj, "resourceVersion").map(str::to_owned);
+            return json_response(status, &table_for(self.r, &[obj], &o));
+        }
+        json_response(status, obj)
+    }
+}
+
+async fn handle_inner(
+    state: Arc<ApiState>,
+    target: Target,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Query(query) = Query::<HashMap<String, String>>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let table = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("as=Table"));
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let ctx = Ctx {
+        state,
+        r: target.resource,
+        ns: target.namespace.clone(),
+        query,
+        table,
+    };
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| ApiError::request_entity_too_large(e.to_string()))?;
+    let status_sub = target.subresource.is_some();
+    if !ctx.r.namespaced && ctx.ns.is_some() {
+        return Err(ApiError::not_found(
+            ctx.r,
+            target.name.as_deref().unwrap_or(""),
+        ));
+    }
+    match (method, target.name) {
+        (Method::GET, None) => {
+            if ctx.flag("watch") {
+                super::watch::watch(&ctx.state, ctx.r, ctx.ns.as_deref(), &ctx.query, ctx.table)
+                    .await
+            } else {
+                list(&ctx).await
+            }
+        }
+        (Method::GET, Some(name)) => {
+            let kv = get_kv(&ctx, &name).await?;
+            let obj = decode(&kv, kv.mod_revision);
+            Ok(ctx.respond(StatusCode::OK, &obj))
+        }
+        (Method::POST, None) => {
+            require_json(&content_type)?;
+            if ctx.r.namespaced && ctx.ns.is_none() {
+                return Err(ApiError::method_not_allowed(ctx.r, "create"));
+            }
+            let obj = parse_object(&body)?;
+            let created =
+                create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await?;
+            Ok(ctx.respond(StatusCode::CREATED, &created))
+        }
+        (Method::PUT, Some(name)) => {
+            require_json(&content_type)?;
+            let mut obj = parse_object(&body)?;
+            check_type(ctx.r, &mut obj)?;
+            check_namespace(ctx.r, ctx.ns.as_deref(), &mut obj)?;
+            match meta_str(&obj, "name") {
+                Some(n) if !n.is_empty() && n != name => {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({n}) does not match the name on the URL ({name})"
+                    )));
+                }
+                _ => {
+                    if let Some(m) = metadata_mut(&mut obj) {
+                        m.insert("name".into(), name.clone().into());
+                    }
+                }
+            }
+            let updated = update_loop(&ctx, &name, status_sub, |_| Ok(obj.clone())).await?;
+            Ok(ctx.respond(StatusCode::OK, &updated))
+        }
+        (Method::PATCH, Some(name)) => {
+            enum Kind {
+                Json,
+                Merge,
+                Strategic,
+            }
+            let kind = match content_type.as_str() {
+                "application/json-patch+json" => Kind::Json,
+                "application/merge-patch+json" => Kind::Merge,
+                "application/strategic-merge-patch+json" => Kind::Strategic,
+                _ => {
+                    return Err(ApiError::unsupported_media_type(&[
+                        "application/json-patch+json",
+                        "application/merge-patch+json",
+                        "application/strategic-merge-patch+json",
+                    ]));
+                }
+            };
+            let parsed: Option<Value> = match kind {
+                Kind::Json => None,
+                _ => Some(
+                    serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?,
+                ),
+            };
+            let updated = update_loop(&ctx, &name, status_sub, |current| {
+                let mut out = match (&kind, &parsed) {
+                    (Kind::Json, _) => patch::json_patch(current, &body)?,
+                    (Kind::Merge, Some(p)) => patch::merge_patch(current, p)?,
+                    (_, Some(p)) => patch::strategic_merge_patch(current, p, &KnownMergeKeys)?,
+                    _ => return Err(ApiError::internal("no patch")),
+                };
+                check_type(ctx.r, &mut out)?;
+                if meta_str(&out, "name") != meta_str(current, "name") {
+                    return Err(ApiError::bad_request(
+                        "the name of an object cannot be patched",
+                    ));
+                }
+                Ok(out)
+            })
+            .await?;
+            Ok(ctx.respond(StatusCode::OK, &updated))
+        }
+        (Method::DELETE, Some(name)) if !status_sub => delete(&ctx, &name, &body).await,
+        (m, name) => Err(ApiError::method_not_allowed(
+            ctx.r,
+            match (m.as_str(), name.is_some()) {
+                ("DELETE", false) => "deletecollection",
+                ("POST", true) => "create",
+                _ => "this method",
+            },
+        )),
+    }
+}
+
+fn require_json(content_type: &str) -> Result<(), ApiError> {
+    if content_type.is_empty() || content_type == "application/json" {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(&["application/json"]))
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// `apiVersion` and `kind` must match the resource (filled in when absent).
+fn check_type(r: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    let api_version = r.api_version();
+    let m = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
+        match m.get(field).and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert(field.into(), want.into());
+            }
+            Some(got) if got == want => {}
+            Some(got) => {
+                return Err(ApiError::bad_request(format!(
+                    "the {field} of the provided object ({got}) does not match the resource ({want})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_namespace(r: &ResourceInfo, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+    let md = metadata_mut(obj).ok_or_else(|| ApiError::bad_request("no metadata"))?;
+    if r.namespaced {
+        let ns = ns.unwrap_or_default();
+        match md.get("namespace").and_then(Value::as_str) {
+            Some(given) if !given.is_empty() && given != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {
+                md.insert("namespace".into(), ns.into());
+            }
+        }
+    } else {
+        md.remove("namespace");
+    }
+    Ok(())
+}
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Validates an object name; namespaces (and services) use DNS labels, the rest subdomains.
+fn validate_name(r: &ResourceInfo, name: &str) -> Vec<Cause> {
+    let label = r.group.is_empty() && matches!(r.plural, "namespaces" | "services");
+    let v = Value::String(name.to_owned());
+    if label {
+        if name.len() > 63 {
+            return vec![Cause::too_long("metadata.name", 63)];
+        }
+        if !is_label(name) {
+            return vec![Cause::invalid("metadata.name", &v, LABEL_MSG)];
+        }
+    } else {
+        if name.len() > 253 {
+            return vec![Cause::too_long("metadata.name", 253)];
+        }
+        if !name.split('.').all(is_label) {
+            return vec![Cause::invalid("metadata.name", &v, SUBDOMAIN_MSG)];
+        }
+    }
+    Vec::new()
+}
+
+/// Creates `obj` as a new object of `r` (in `ns` for namespaced resources): the create
+/// handler's core, also used to seed the cluster.
+pub async fn create_object(
+    state: &ApiState,
+    r: &'static ResourceInfo,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    check_type(r, &mut obj)?;
+    check_namespace(r, ns, &mut obj)?;
+    let given = meta_str(&obj, "name").unwrap_or_default().to_owned();
+    let generate = meta_str(&obj, "generateName")
+        .unwrap_or_default()
+        .to_owned();
+    if given.is_empty() && generate.is_empty() {
+        return Err(ApiError::invalid(
+            r,
+            "",
+            vec![Cause::required(
+                "metadata.name",
+                "name or generateName is required",
+            )],
+        ));
+    }
+    {
+        let md = metadata_mut(&mut obj).ok_or_else(|| ApiError::bad_request("no metadata"))?;
+        md.remove("resourceVersion");
+        md.remove("deletionTimestamp");
+        md.remove("deletionGracePeriodSeconds");
+        md.insert("uid".into(), storage::new_uid().into());
+        md.insert("creationTimestamp".into(), storage::now_rfc3339().into());
+        md.insert("generation".into(), 1.into());
+    }
+    if r.group.is_empty() && r.plural == "namespaces" {
+        let o = obj.as_object_mut().expect("object");
+        let status = o.entry("status").or_insert_with(|| json!({}));
+        if let Some(s) = status.as_object_mut() {
+            s.entry("phase").or_insert_with(|| "Active".into());
+        }
+    }
+    let attempts = if given.is_empty() { 8 } else { 1 };
+    for _ in 0..attempts {
+        let name = if given.is_empty() {
+            format!("{generate}{}", storage::random_suffix(5))
+        } else {
+            given.clone()
+        };
+        let causes = validate_name(r, &name);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(r, &name, causes));
+        }
+        if let Some(md) = metadata_mut(&mut obj) {
+            md.insert("name".into(), name.clone().into());
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        let key = registry::storage_key(r, ns, &name)
+            .ok_or_else(|| ApiError::bad_request(format!("invalid name {name:?}")))?;
+        match state
+            .storage
+            .store
+            .create(key.as_bytes(), encode(&obj), 0)
+            .await
+        {
+            Ok(rev) => {
+                set_resource_version(&mut obj, rev);
+                return Ok(obj);
+            }
+            Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(ApiError::already_exists(r, &name));
+            }
+            Err(e) => return Err(storage::store_error(e)),
+        }
+    }
+    Err(ApiError::already_exists(r, &generate))
+}
+
+async fn get_kv(ctx: &Ctx, name: &str) -> Result<KeyValue, ApiError> {
+    let key = ctx.key(name)?;
+    ctx.state
+        .storage
+        .store
+        .get(key.as_bytes())
+        .await
+        .map_err(storage::store_error)?
+        .ok_or_else(|| ApiError::not_found(ctx.r, name))
+}
+
+fn has_status_subresource(r: &ResourceInfo) -> bool {
+    r.subresource("status").is_some()
+}
+
+fn without_meta_status(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+/// The object to store when `new` replaces `current`.
+fn prepare_update(r: &ResourceInfo, current: &Value, mut new: Value, status_sub: bool) -> Value {
+    if status_sub {
+        let mut out = current.clone();
+        if let Some(m) = out.as_object_mut() {
+            match new.get("status") {
+                Some(s) => {
+                    m.insert("status".into(), s.clone());
+                }
+                None => {
+                    m.remove("status");
+                }
+            }
+        }
+        return out;
+    }
+    if has_status_subresource(r)
+        && let Some(m) = new.as_object_mut()
+    {
+        match current.get("status") {
+            Some(s) => {
+                m.insert("status".into(), s.clone());
+            }
+            None => {
+                m.remove("status");
+            }
+        }
+    }
+    let changed = without_meta_status(current) != without_meta_status(&new);
+    let cur_md = current.get("metadata").and_then(Value::as_object);
+    if let Some(md) = metadata_mut(&mut new) {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "name",
+            "namespace",
+        ] {
+            match cur_md.and_then(|c| c.get(f)) {
+                Some(v) => {
+                    md.insert(f.into(), v.clone());
+                }
+                None => {
+                    md.remove(f);
+                }
+            }
+        }
+        let generation = cur_md
+            .and_then(|c| c.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        md.insert(
+            "generation".into(),
+            (if changed { generation + 1 } else { generation }).into(),
+        );
+    }
+    new
+}
+
+fn finalizers_empty(v: &Value) -> bool {
+    v.get("metadata")
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+/// Read, compute the new object, write guarded by the read's revision; retried on conflicts
+/// (a stale `metadata.resourceVersion` in the computed object is a 409).
+async fn update_loop(
+    ctx: &Ctx,
+    name: &str,
+    status_sub: bool,
+    mut compute: impl FnMut(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let key = ctx.key(name)?;
+    let store = &ctx.state.storage.store;
+    for _ in 0..16 {
+        let kv = get_kv(ctx, name).await?;
+        let current = decode(&kv, kv.mod_revision);
+        let new = compute(&current)?;
+        if let Some(rv) = meta_str(&new, "resourceVersion")
+            && !rv.is_empty()
+            && rv != kv.mod_revision.to_string()
+        {
+            return Err(ApiError::conflict_with(
+                ctx.r,
+                name,
+                OPTIMISTIC_LOCK_MESSAGE,
+            ));
+        }
+        let mut prepared = prepare_update(ctx.r, &current, new, status_sub);
+        if ctx.dry_run() {
+            set_resource_version(&mut prepared, kv.mod_revision);
+            return Ok(prepared);
+        }
+        let deleting = prepared
+            .get("metadata")
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some();
+        if deleting && finalizers_empty(&prepared) {
+            match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
+                Ok((_, rev)) => {
+                    set_resource_version(&mut prepared, rev);
+                    return Ok(prepared);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(ctx.r, name)),
+                Err(e) => return Err(storage::store_error(e)),
+            }
+        }
+        match store
+            .update(key.as_bytes(), encode(&prepared), kv.mod_revision, 0)
+            .await
+        {
+            Ok(rev) => {
+                set_resource_version(&mut prepared, rev);
+                return Ok(prepared);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(storage::store_error(e)),
+        }
+    }
+    Err(ApiError::conflict_with(
+        ctx.r,
+        name,
+        OPTIMISTIC_LOCK_MESSAGE,
+    ))
+}
+
+async fn delete(ctx: &Ctx, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    let pre_uid = opts
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let pre_rv = opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let dry_run = ctx.dry_run()
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    let key = ctx.key(name)?;
+    let store = &ctx.state.storage.store;
+    for _ in 0..16 {
+        let kv = get_kv(ctx, name).await?;
+        let mut current = decode(&kv, kv.mod_revision);
+        if let Some(uid) = &pre_uid {
+            let actual = meta_str(&current, "uid").unwrap_or_default();
+            if uid != actual {
+                return Err(ApiError::conflict_with(
+                    ctx.r,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = &pre_rv
+            && *rv != kv.mod_revision.to_string()
+        {
+            return Err(ApiError::conflict_with(
+                ctx.r,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    kv.mod_revision
+                ),
+            ));
+        }
+        if dry_run {
+            return Ok(ctx.respond(StatusCode::OK, &current));
+        }
+        if !finalizers_empty(&current) {
+            let md = metadata_mut(&mut current).expect("object");
+            if md.contains_key("deletionTimestamp") {
+                return Ok(ctx.respond(StatusCode::OK, &current));
+            }
+            md.insert("deletionTimestamp".into(), storage::now_rfc3339().into());
+            md.insert("deletionGracePeriodSeconds".into(), 0.into());
+            match store
+                .update(key.as_bytes(), encode(&current), kv.mod_revision, 0)
+                .await
+            {
+                Ok(rev) => {
+                    set_resource_version(&mut current, rev);
+                    return Ok(ctx.respond(StatusCode::OK, &current));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(storage::store_error(e)),
+            }
+        }
+        match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
+            Ok(_) => return Ok(ctx.respond(StatusCode::OK, &current)),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(ctx.r, name)),
+            Err(e) => return Err(storage::store_error(e)),
+        }
+    }
+    Err(ApiError::conflict_with(
+        ctx.r,
+        name,
+        OPTIMISTIC_LOCK_MESSAGE,
+    ))
+}
+
+/// Label and field selectors of a list or watch.
+#[derive(Debug, Clone)]
+pub struct Selectors {
+    label: LabelSelector,
+    field: FieldSelector,
+}
+
+impl Selectors {
+    /// Parses `labelSelector` and `fieldSelector` (only `metadata.name`/`metadata.namespace`).
+    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let label = match query.get("labelSelector") {
+            Some(s) => LabelSelector::parse(s)?,
+            None => LabelSelector::everything(),
+        };
+        let field = match query.get("fieldSelector") {
+            Some(s) => FieldSelector::parse(s)?,
+            None => FieldSelector::everything(),
+        };
+        field.check_fields(|f| f == "metadata.name" || f == "metadata.namespace")?;
+        Ok(Self { label, field })
+    }
+
+    /// Whether `obj` matches both.
+    pub fn matches(&self, obj: &Value) -> bool {
+        let labels: BTreeMap<String, String> = obj
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.label.matches(&labels) && self.field.matches(&common_fields(obj))
+    }
+}
+
+async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
+    let sel = Selectors::parse(&ctx.query)?;
+    let cache = ctx.state.storage.cache(ctx.r).await?;
+    let key_prefix = registry::storage_prefix(ctx.r, ctx.ns.as_deref())
+        .ok_or_else(|| ApiError::bad_request("invalid namespace"))?;
+    let limit: usize = match ctx.param("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let rv: Option<i64> = match ctx.param("resourceVersion") {
+        None | Some("") | Some("0") => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
+        ),
+    };
+    let exact = ctx.param("resourceVersionMatch") == Some("Exact");
+    let mut opts = ListOptions {
+        key_prefix: Some(key_prefix.clone().into_bytes()),
+        limit,
+        continue_token: ctx
+            .param("continue")
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned),
+    };
+    let mut items: Vec<Value> = Vec::new();
+    let (revision, cont) = loop {
+        let page = match (rv, exact, &opts.continue_token) {
+            (Some(rv), true, None) => match cache.list_exact(rv, &opts).await {
+                Err(WatchCacheError::NeedsStore { .. }) => {
+                    return list_from_store(ctx, &sel, &key_prefix, rv).await;
+                }
+                other => other,
+            },
+            (Some(rv), false, None) => cache.list_at_least(rv, &opts).await,
+            _ => cache.list(&opts).await,
+        }
+        .map_err(storage::cache_error)?;
+        for kv in &page.items {
+            let obj = decode(kv, kv.mod_revision);
+            if sel.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        match page.continue_token {
+            Some(c) if limit > 0 && items.len() < limit => {
+                opts.continue_token = Some(c);
+                opts.limit = limit - items.len();
+            }
+            c => break (page.revision, c),
+        }
+    };
+    list_response(ctx, items, revision, cont)
+}
+
+async fn list_from_store(
+    ctx: &Ctx,
+    sel: &Selectors,
+    prefix: &str,
+    rv: i64,
+) -> Result<Response, ApiError> {
+    let resp = ctx
+        .state
+        .storage
+        .store
+        .range(RangeRequest::new(KeyRange::Prefix(prefix.as_bytes().to_vec())).at_revision(rv))
+        .await
+        .map_err(storage::store_error)?;
+    let items = resp
+        .kvs
+        .iter()
+        .map(|kv| decode(kv, kv.mod_revision))
+        .filter(|o| sel.matches(o))
+        .collect();
+    list_response(ctx, items, rv, None)
+}
+
+fn list_response(
+    ctx: &Ctx,
+    items: Vec<Value>,
+    revision: i64,
+    cont: Option<String>,
+) -> Result<Response, ApiError> {
+    if ctx.table {
+        let mut o = ctx.table_options();
+        o.resource_version = Some(revision.to_string());
+        o.continue_token = cont;
+        let refs: Vec<&Value> = items.iter().collect();
+        return Ok(json_response(StatusCode::OK, &table_for(ctx.r, &refs, &o)));
+    }
+    let mut metadata = Map::new();
+    metadata.insert("resourceVersion".into(), revision.to_string().into());
+    if let Some(c) = cont {
+        metadata.insert("continue".into(), c.into());
+    }
+    let body = json!({
+        "kind": ctx.r.list_kind(),
+        "apiVersion": ctx.r.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Creates the built-in namespaces and the `default/kubernetes` Service if absent.
+pub async fn seed(state: &ApiState, secure_port: u16) -> Result<(), ApiError> {
+    let ns = registry::lookup("", "v1", "namespaces").expect("namespaces");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        match create_object(state, ns, None, obj, false).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let svc = registry::lookup("", "v1", "services").expect("services");
+    let obj = json!({
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "10.43.0.1",
+            "clusterIPs": ["10.43.0.1"],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+            "sessionAffinity": "None",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": secure_port}],
+        },
+        "status": {"loadBalancer": {}},
+    });
+    match create_object(state, svc, Some("default"), obj, false).await {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

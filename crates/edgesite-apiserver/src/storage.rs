@@ -1,0 +1,206 @@
+//! Object storage for the resource handlers: one [`WatchCache`] per resource prefix (started
+//! lazily), the stored form of objects (JSON without `metadata.resourceVersion`, which is the
+//! key's `mod_revision` on read) and small helpers (uids, timestamps, random suffixes).
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::Arc;
+
+use edgesite_api::registry::{self, ResourceInfo};
+use edgesite_api::status::ApiError;
+use edgesite_store::watch_cache::{WatchCache, WatchCacheConfig, WatchCacheError};
+use edgesite_store::{KeyValue, Revision, Store};
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+/// The store plus one watch cache per resource.
+#[derive(Debug)]
+pub struct Storage {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    caches: Mutex<HashMap<String, Arc<WatchCache>>>,
+}
+
+impl Storage {
+    /// Storage over `store`; caches start on first use.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            caches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The watch cache of `r` (all namespaces), started on first use.
+    pub async fn cache(&self, r: &ResourceInfo) -> Result<Arc<WatchCache>, ApiError> {
+        let prefix = registry::storage_prefix(r, None)
+            .ok_or_else(|| ApiError::internal("no storage prefix"))?;
+        let mut caches = self.caches.lock().await;
+        if let Some(c) = caches.get(&prefix) {
+            return Ok(c.clone());
+        }
+        let cache = WatchCache::start(
+            self.store.clone(),
+            prefix.clone().into_bytes(),
+            WatchCacheConfig::default(),
+        )
+        .await
+        .map_err(cache_error)?;
+        let cache = Arc::new(cache);
+        caches.insert(prefix, cache.clone());
+        Ok(cache)
+    }
+}
+
+/// The Kubernetes answer for a watch cache failure.
+pub fn cache_error(e: WatchCacheError) -> ApiError {
+    match e {
+        WatchCacheError::TooOld { requested, oldest } => {
+            ApiError::too_old_resource_version(requested as u64, oldest as u64)
+        }
+        WatchCacheError::Expired { .. } => ApiError::expired(e.to_string()),
+        WatchCacheError::NotCaughtUp { .. } => ApiError::timeout(e.to_string(), 1),
+        WatchCacheError::InvalidContinue(_) => ApiError::bad_request(e.to_string()),
+        WatchCacheError::Store(s) => store_error(s),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// The Kubernetes answer for a store failure not handled by the caller.
+pub fn store_error(e: edgesite_store::Error) -> ApiError {
+    match e {
+        edgesite_store::Error::Compacted { .. } => ApiError::expired(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// Decodes a stored key-value: the JSON object with `metadata.resourceVersion` set to `rv`.
+pub fn decode(kv: &KeyValue, rv: Revision) -> Value {
+    let mut v: Value =
+        serde_json::from_slice(&kv.value).unwrap_or_else(|_| Value::Object(Map::new()));
+    set_resource_version(&mut v, rv);
+    v
+}
+
+/// Sets `metadata.resourceVersion`.
+pub fn set_resource_version(v: &mut Value, rv: Revision) {
+    if let Some(m) = metadata_mut(v) {
+        m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+}
+
+/// The stored bytes of `v`: without `metadata.resourceVersion`.
+pub fn encode(v: &Value) -> Vec<u8> {
+    let mut v = v.clone();
+    if let Some(m) = metadata_mut(&mut v) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// `metadata` as a mutable map, created if missing (`None` when `v` is not an object).
+pub fn metadata_mut(v: &mut Value) -> Option<&mut Map<String, Value>> {
+    let obj = v.as_object_mut()?;
+    let md = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !md.is_object() {
+        *md = Value::Object(Map::new());
+    }
+    md.as_object_mut()
+}
+
+/// A string field of `metadata`.
+pub fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
+    v.get("metadata")?.get(field)?.as_str()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !filled {
+        // Fall back to the hasher's per-process random keys mixed with the time.
+        use std::hash::{BuildHasher as _, Hasher as _};
+        for (i, b) in buf.iter_mut().enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            *b = h.finish() as u8;
+        }
+    }
+    buf
+}
+
+/// A random version-4 UUID.
+pub fn new_uid() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// `n` random characters from `[a-z0-9]` (generateName suffixes).
+pub fn random_suffix(n: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    random_bytes::<16>()
+        .iter()
+        .take(n)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The current time as RFC 3339 UTC with seconds precision (`2024-01-02T03:04:05Z`).
+pub fn now_rfc3339() -> String {
+    format_rfc3339(edgesite_api::table::unix_now())
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn format_rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_and_uid() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_eq!(random_suffix(5).len(), 5);
+    }
+}
