@@ -5,8 +5,10 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, Result, ensure};
-use edgesite_apiserver::{PkiOptions, Server, ServerConfig};
 use serde_json::Value;
+
+mod support;
+use support::Harness;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -32,17 +34,10 @@ async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output
 
 #[tokio::test]
 async fn kubectl_version_and_api_resources() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let Harness {
+        dir: _dir, server, ..
+    } = Harness::start().await?;
     let home = tempfile::tempdir()?;
-    let mut config = ServerConfig::new(dir.path());
-    config.bind_address = "127.0.0.1".parse()?;
-    config.secure_port = 0;
-    config.pki = PkiOptions {
-        hostname: Some("edge-test".to_owned()),
-        extra_sans: Vec::new(),
-        include_interface_ips: false,
-    };
-    let server = Server::start(config).await?;
     let kc = server.kubeconfig_path().to_owned();
 
     let out = kubectl(home.path(), &kc, &["version", "-o", "json"]).await?;
@@ -81,17 +76,10 @@ async fn kubectl_version_and_api_resources() -> Result<()> {
 
 #[tokio::test]
 async fn kubectl_configmap_lifecycle_and_namespaces() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let Harness {
+        dir: _dir, server, ..
+    } = Harness::start().await?;
     let home = tempfile::tempdir()?;
-    let mut config = ServerConfig::new(dir.path());
-    config.bind_address = "127.0.0.1".parse()?;
-    config.secure_port = 0;
-    config.pki = PkiOptions {
-        hostname: Some("edge-test".to_owned()),
-        extra_sans: Vec::new(),
-        include_interface_ips: false,
-    };
-    let server = Server::start(config).await?;
     let kc = server.kubeconfig_path().to_owned();
     let file = home.path().join("cm.json");
     std::fs::write(

@@ -1,87 +1,35 @@
 //! Generic resource handlers over HTTPS: CRUD with Status bodies, lists with selectors and
 //! pagination, watches (ordering and the 410 ERROR event), Table responses.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use edgesite_apiserver::{PkiOptions, Server, ServerConfig};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use http_body_util::BodyExt as _;
+use hyper::StatusCode;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-struct H {
-    _dir: tempfile::TempDir,
-    server: Server,
-    tls: TlsConnector,
-}
+mod support;
+use support::Harness;
 
-async fn start() -> Result<H> {
-    let dir = tempfile::tempdir()?;
-    let mut config = ServerConfig::new(dir.path());
-    config.bind_address = "127.0.0.1".parse()?;
-    config.secure_port = 0;
-    config.pki = PkiOptions {
-        hostname: Some("edge-test".to_owned()),
-        extra_sans: Vec::new(),
-        include_interface_ips: false,
-    };
-    let server = Server::start(config).await?;
-    let ca = std::fs::read(dir.path().join("pki/ca.crt"))?;
-    let cert = std::fs::read(dir.path().join("pki/admin.crt"))?;
-    let key = std::fs::read(dir.path().join("pki/admin.key"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(&ca)?)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![CertificateDer::from_pem_slice(&cert)?],
-        PrivateKeyDer::from_pem_slice(&key)?,
-    )?;
-    Ok(H {
-        _dir: dir,
-        server,
-        tls: TlsConnector::from(Arc::new(config)),
-    })
-}
-
-impl H {
-    async fn send(
+impl Harness {
+    /// As the admin over HTTP/1.1, with a content type, maybe an accept header, and a
+    /// JSON body.
+    async fn admin_send(
         &self,
         method: &str,
         path: &str,
         ct: &str,
         accept: Option<&str>,
         body: Option<Value>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>> {
-        let addr = self.server.local_addr();
-        let tcp = TcpStream::connect(addr).await?;
-        let tls = self
-            .tls
-            .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-            .await?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("https://{addr}{path}"))
-            .header("host", addr.to_string())
-            .header("content-type", ct);
+    ) -> Result<hyper::Response<Incoming>> {
+        let mut headers = vec![("content-type", ct)];
         if let Some(a) = accept {
-            req = req.header("accept", a);
+            headers.push(("accept", a));
         }
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req.body(Full::new(Bytes::from(bytes)))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn);
-        Ok(send.send_request(req).await?)
+        self.send(Some(&self.admin), false, method, path, &headers, bytes)
+            .await
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
@@ -95,7 +43,7 @@ impl H {
         ct: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value)> {
-        let resp = self.send(method, path, ct, None, body).await?;
+        let resp = self.admin_send(method, path, ct, None, body).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((
@@ -114,7 +62,7 @@ fn cm(name: &str, labels: Value) -> Value {
 
 #[tokio::test]
 async fn configmap_crud_and_errors() -> Result<()> {
-    let h = start().await?;
+    let h = Harness::start().await?;
     let (code, created) = h.call("POST", CMS, Some(cm("c1", json!({})))).await?;
     assert_eq!(code, 201, "{created}");
     assert_eq!(created["metadata"]["namespace"], "default");
@@ -277,7 +225,7 @@ async fn configmap_crud_and_errors() -> Result<()> {
 
 #[tokio::test]
 async fn list_selectors_pagination_and_table() -> Result<()> {
-    let h = start().await?;
+    let h = Harness::start().await?;
     for i in 0..5 {
         let tier = if i % 2 == 0 { "even" } else { "odd" };
         let (code, _) = h
@@ -334,7 +282,7 @@ async fn list_selectors_pagination_and_table() -> Result<()> {
     assert_eq!(names, ["m0", "m1", "m2", "m3", "m4"]);
 
     let resp = h
-        .send(
+        .admin_send(
             "GET",
             CMS,
             "application/json",
@@ -352,7 +300,7 @@ async fn list_selectors_pagination_and_table() -> Result<()> {
     Ok(())
 }
 
-async fn next_line(body: &mut hyper::body::Incoming, buf: &mut Vec<u8>) -> Result<Option<Value>> {
+async fn next_line(body: &mut Incoming, buf: &mut Vec<u8>) -> Result<Option<Value>> {
     loop {
         if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
@@ -371,14 +319,14 @@ async fn next_line(body: &mut hyper::body::Incoming, buf: &mut Vec<u8>) -> Resul
 
 #[tokio::test]
 async fn watch_events_in_order_and_too_old() -> Result<()> {
-    let h = start().await?;
+    let h = Harness::start().await?;
     let (_, pre) = h.call("POST", CMS, Some(cm("pre", json!({})))).await?;
     let rv0 = pre["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_owned();
     let resp = h
-        .send(
+        .admin_send(
             "GET",
             &format!("{CMS}?watch=true&resourceVersion={rv0}"),
             "",
@@ -429,7 +377,7 @@ async fn watch_events_in_order_and_too_old() -> Result<()> {
 
     // initial events for resourceVersion unset
     let resp = h
-        .send(
+        .admin_send(
             "GET",
             &format!("{CMS}?watch=1&timeoutSeconds=1"),
             "",
@@ -449,7 +397,7 @@ async fn watch_events_in_order_and_too_old() -> Result<()> {
 
     // too old
     let resp = h
-        .send(
+        .admin_send(
             "GET",
             &format!("{CMS}?watch=true&resourceVersion=1"),
             "",
