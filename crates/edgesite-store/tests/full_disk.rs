@@ -48,6 +48,20 @@ impl Drop for Tmpfs<'_> {
     }
 }
 
+/// Writes 16 KiB values under `/fill/` until a write fails (or 160 MiB were written); returns
+/// the acknowledged keys with their revisions, and the failure.
+async fn fill(store: &EmbeddedStore, value: &[u8]) -> (Vec<(String, i64)>, Option<Error>) {
+    let mut acked = Vec::new();
+    for i in 0..10_000u32 {
+        let key = format!("/fill/{i:05}");
+        match store.put(key.as_bytes(), value.to_vec(), 0).await {
+            Ok(rev) => acked.push((key, rev)),
+            Err(e) => return (acked, Some(e)),
+        }
+    }
+    (acked, None)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_write_and_keeps_every_acknowledged_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,19 +70,8 @@ async fn a_full_disk_fails_the_write_and_keeps_every_acknowledged_one() {
     config.reserved_disk_bytes = 8 << 20;
     let store = EmbeddedStore::open(config.clone()).await.unwrap();
     let value = vec![7u8; 16 * 1024];
-    let mut acked = Vec::new();
-    let mut failure = None;
-    for i in 0..10_000u32 {
-        let key = format!("/fill/{i:05}");
-        match store.put(key.as_bytes(), value.clone(), 0).await {
-            Ok(rev) => acked.push((key, rev)),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let failure = failure.expect("3 MiB must fill up before 160 MiB were written");
+    let (mut acked, failure) = fill(&store, &value).await;
+    let failure = failure.expect("the tmpfs must fill up before 160 MiB were written");
     assert!(matches!(failure, Error::Storage(_)), "{failure}");
     assert!(
         failure.to_string().contains("nothing was stored"),
@@ -120,19 +123,8 @@ async fn running_into_the_end_of_the_disk_loses_nothing_acknowledged() {
     config.reserved_disk_bytes = 0;
     let store = EmbeddedStore::open(config.clone()).await.unwrap();
     let value = vec![7u8; 16 * 1024];
-    let mut acked = Vec::new();
-    let mut failure = None;
-    for i in 0..10_000u32 {
-        let key = format!("/fill/{i:05}");
-        match store.put(key.as_bytes(), value.clone(), 0).await {
-            Ok(rev) => acked.push((key, rev)),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let failure = failure.expect("3 MiB must fill up before 160 MiB were written");
+    let (acked, failure) = fill(&store, &value).await;
+    let failure = failure.expect("the tmpfs must fill up before 160 MiB were written");
     assert!(matches!(failure, Error::Storage(_)), "{failure}");
     assert!(acked.len() > 10, "only {} writes fit", acked.len());
     let last_rev = acked.last().unwrap().1;

@@ -430,7 +430,7 @@ impl Writer {
             while let Some(cmd) = batch.next() {
                 let cmd = match (&low_space, cmd) {
                     (Some(msg), cmd) if adds_data(&cmd) => {
-                        outcomes.push(refused(cmd, msg));
+                        outcomes.push(not_run(cmd, || Error::Storage(msg.clone())));
                         continue;
                     }
                     (_, cmd) => cmd,
@@ -918,15 +918,21 @@ fn command_bytes(cmd: &Command) -> usize {
     }
 }
 
-/// The outcome slot of a command that never ran because its batch failed.
-fn pending_outcome(cmd: Command) -> Outcome {
+/// The outcome of a command that did not run: its batch failed (`Error::Closed` stands in until
+/// the batch's error replaces it), or it was refused before running.
+fn not_run(cmd: Command, err: impl Fn() -> Error) -> Outcome {
     match cmd {
-        Command::Txn(_, reply) => Outcome::Txn(reply, Err(Error::Closed)),
-        Command::LeaseGrant(_, reply) => Outcome::LeaseGranted(reply, Err(Error::Closed)),
-        Command::LeaseRevoke(id, reply) => Outcome::LeaseRevoked(reply, id, Err(Error::Closed)),
-        Command::Compact(_, reply) => Outcome::Compacted(reply, Err(Error::Closed)),
+        Command::Txn(_, reply) => Outcome::Txn(reply, Err(err())),
+        Command::LeaseGrant(_, reply) => Outcome::LeaseGranted(reply, Err(err())),
+        Command::LeaseRevoke(id, reply) => Outcome::LeaseRevoked(reply, id, Err(err())),
+        Command::Compact(_, reply) => Outcome::Compacted(reply, Err(err())),
         Command::Shutdown => unreachable!("the run loop handles shutdown"),
     }
+}
+
+/// The slot of a command whose batch failed before it ran.
+fn pending_outcome(cmd: Command) -> Outcome {
+    not_run(cmd, || Error::Closed)
 }
 
 /// Answers a command of a failed batch with the failure.
@@ -1039,17 +1045,5 @@ fn adds_data(cmd: &Command) -> bool {
             .any(|op| matches!(op, TxnOp::Put { .. })),
         Command::LeaseGrant(..) => true,
         _ => false,
-    }
-}
-
-/// The outcome of a command refused before it ran.
-fn refused(cmd: Command, msg: &str) -> Outcome {
-    let err = || Error::Storage(msg.to_string());
-    match cmd {
-        Command::Txn(_, reply) => Outcome::Txn(reply, Err(err())),
-        Command::LeaseGrant(_, reply) => Outcome::LeaseGranted(reply, Err(err())),
-        Command::LeaseRevoke(id, reply) => Outcome::LeaseRevoked(reply, id, Err(err())),
-        Command::Compact(_, reply) => Outcome::Compacted(reply, Err(err())),
-        Command::Shutdown => unreachable!("the run loop handles shutdown"),
     }
 }
