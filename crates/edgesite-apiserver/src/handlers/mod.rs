@@ -1,6 +1,7 @@
 //! The HTTP surface: an axum [`Router`] with authentication and authorization in front of the
 //! discovery, version and health endpoints. Resource handlers plug into [`router`] next.
 
+mod body;
 mod discovery;
 mod health;
 pub mod resources;

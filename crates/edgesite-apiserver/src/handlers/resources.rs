@@ -16,7 +16,7 @@ use edgesite_store::watch_cache::{ListOptions, WatchCacheError};
 use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest};
 use serde_json::{Map, Value, json};
 
-use super::{ApiState, json_response, status_response};
+use super::{ApiState, body, json_response, status_response};
 use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
 
 /// The largest request body accepted (upstream: 3 MiB).
@@ -215,18 +215,16 @@ async fn handle_inner(
             Ok(ctx.respond(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
-            require_json(&content_type)?;
             if ctx.r.namespaced && ctx.ns.is_none() {
                 return Err(ApiError::method_not_allowed(ctx.r, "create"));
             }
-            let obj = parse_object(&body)?;
+            let obj = body::decode_object(&content_type, &body)?;
             let created =
                 create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await?;
             Ok(ctx.respond(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name)) => {
-            require_json(&content_type)?;
-            let mut obj = parse_object(&body)?;
+            let mut obj = body::decode_object(&content_type, &body)?;
             check_type(ctx.r, &mut obj)?;
             check_namespace(ctx.r, ctx.ns.as_deref(), &mut obj)?;
             match meta_str(&obj, "name") {
@@ -297,25 +295,6 @@ async fn handle_inner(
             },
         )),
     }
-}
-
-fn require_json(content_type: &str) -> Result<(), ApiError> {
-    if content_type.is_empty() || content_type == "application/json" {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported_media_type(&["application/json"]))
-    }
-}
-
-fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
-    }
-    Ok(v)
 }
 
 /// `apiVersion` and `kind` must match the resource (filled in when absent).
