@@ -4,10 +4,15 @@
 //! and the `metav1.Status` form of API errors. Objects are handled as raw JSON
 //! (`serde_json::Value`), the form in which the store keeps them, so that no field a client sent
 //! is ever lost.
+pub mod apply;
+pub mod decode;
 pub mod discovery;
+pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod quantity;
 pub mod registry;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod validation;

@@ -23,6 +23,11 @@
 
 use std::fmt;
 
+mod fields;
+pub use fields::{
+    is_selectable_field, selectable_field_set, selectable_field_value, selectable_fields,
+};
+
 /// Every verb a resource can support, in upstream's (alphabetical) order.
 const ALL_VERBS: &[&str] = &[
     "create",

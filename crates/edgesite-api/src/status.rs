@@ -93,6 +93,27 @@ impl Cause {
         )
     }
 
+    /// A field with a bad value that upstream prints with Go's `%#v` (maps, lists, structs):
+    /// `Invalid value: <rendered>[: detail]`, `rendered` used verbatim, e.g.
+    /// `map[string]string{"app":"x"}`.
+    pub fn invalid_rendered(field: &str, rendered: &str, detail: &str) -> Self {
+        Self::new(
+            "FieldValueInvalid",
+            field,
+            Self::with_detail(format!("Invalid value: {rendered}"), detail),
+        )
+    }
+
+    /// A reference to something that does not exist (e.g. a volume mount naming no volume):
+    /// `Not found: <value>`.
+    pub fn not_found(field: &str, value: &Value) -> Self {
+        Self::new(
+            "FieldValueNotFound",
+            field,
+            format!("Not found: {}", render_value(value)),
+        )
+    }
+
     /// A value repeated in a list that must be unique: `Duplicate value: <value>`.
     pub fn duplicate(field: &str, value: &Value) -> Self {
         Self::new(

@@ -10,8 +10,10 @@
 //! ([`Identity::anonymous`]); one with credentials that no authenticator accepts — for example a
 //! bearer token while no token authenticator is configured — gets 401.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
@@ -27,13 +29,22 @@ pub const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// An authenticated (or anonymous) user, attached to each request as an extension.
+///
+/// Build it with [`Identity::authenticated`] or [`Identity::anonymous`] (then
+/// [`Identity::with_uid`]), so that fields added later keep their defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The user name (a certificate's CN).
+    /// The user name (a certificate's CN, a token's user).
     pub user: String,
+    /// The user's uid, if the authenticator knows one (static tokens, service accounts);
+    /// empty otherwise.
+    pub uid: String,
     /// The groups (a certificate's O values, plus `system:authenticated` or
     /// `system:unauthenticated`).
     pub groups: Vec<String>,
+    /// Extra attributes (`authentication.kubernetes.io/credential-id`...), as upstream's
+    /// `user.Info.GetExtra`.
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl Identity {
@@ -44,7 +55,9 @@ impl Identity {
         }
         Self {
             user: user.into(),
+            uid: String::new(),
             groups,
+            extra: BTreeMap::new(),
         }
     }
 
@@ -52,8 +65,16 @@ impl Identity {
     pub fn anonymous() -> Self {
         Self {
             user: ANONYMOUS_USER.to_owned(),
+            uid: String::new(),
             groups: vec![UNAUTHENTICATED_GROUP.to_owned()],
+            extra: BTreeMap::new(),
         }
+    }
+
+    /// The same identity with `uid` set.
+    pub fn with_uid(mut self, uid: impl Into<String>) -> Self {
+        self.uid = uid.into();
+        self
     }
 
     /// Whether this is the anonymous user.
@@ -136,10 +157,19 @@ impl UnionAuthenticator {
         Self { authenticators }
     }
 
-    /// What the server uses today: client certificates only. Bearer-token authenticators are
-    /// to be appended here.
+    /// What the server uses without token configuration: client certificates only.
     pub fn default_chain() -> Self {
         Self::new(vec![Arc::new(X509Authenticator)])
+    }
+
+    /// Client certificates, then the static tokens of `tokens` if given. Service-account
+    /// tokens are to be appended here.
+    pub fn with_tokens(tokens: Option<TokenFileAuthenticator>) -> Self {
+        let mut chain: Vec<Arc<dyn Authenticator>> = vec![Arc::new(X509Authenticator)];
+        if let Some(t) = tokens {
+            chain.push(Arc::new(t));
+        }
+        Self::new(chain)
     }
 }
 
@@ -165,6 +195,208 @@ impl Authenticator for UnionAuthenticator {
     }
 }
 
+/// The bearer token of an `Authorization: Bearer <token>` header (scheme case-insensitive, as
+/// upstream); `None` when there is no such header or the token is empty.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Why a token file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file could not be read.
+    #[error("cannot read token file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not `token,user,uid[,"group1,group2,..."]`.
+    #[error("token file {}, line {line}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// One entry of a token file.
+#[derive(Clone, PartialEq, Eq)]
+struct TokenEntry {
+    token: Vec<u8>,
+    identity: Identity,
+}
+
+/// Static bearer tokens from a CSV file in kube-apiserver's `--token-auth-file` format: one
+/// `token,user,uid[,"group1,group2"]` per line (blank lines ignored; the groups column is
+/// quoted when it holds several groups). A request with `Authorization: Bearer <token>` for a
+/// listed token is that user; an unknown token is rejected (401). Tokens are compared in
+/// constant time, and every entry is compared, so timing reveals neither the token nor which
+/// entry matched.
+#[derive(Clone)]
+pub struct TokenFileAuthenticator {
+    entries: Vec<TokenEntry>,
+}
+
+impl fmt::Debug for TokenFileAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the tokens.
+        f.debug_struct("TokenFileAuthenticator")
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl TokenFileAuthenticator {
+    /// Reads and parses `path`.
+    pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|(line, reason)| TokenFileError::Invalid {
+            path: path.to_owned(),
+            line,
+            reason,
+        })
+    }
+
+    /// Parses the file's text; the error is the 1-based line number and the reason.
+    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+        let mut entries: Vec<TokenEntry> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields = split_csv_line(line).map_err(|e| (n, e))?;
+            if fields.len() < 3 {
+                return Err((
+                    n,
+                    format!(
+                        "expected at least 3 columns (token,user,uid), found {}",
+                        fields.len()
+                    ),
+                ));
+            }
+            let token = fields[0].trim();
+            let user = fields[1].trim();
+            if token.is_empty() {
+                return Err((n, "empty token".to_owned()));
+            }
+            if user.is_empty() {
+                return Err((n, "empty user name".to_owned()));
+            }
+            let groups: Vec<String> = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if entries.iter().any(|e| e.token == token.as_bytes()) {
+                return Err((n, format!("duplicate token for user {user:?}")));
+            }
+            entries.push(TokenEntry {
+                token: token.as_bytes().to_vec(),
+                identity: Identity::authenticated(user, groups).with_uid(fields[2].trim()),
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// How many tokens the file holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the file holds no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl Authenticator for TokenFileAuthenticator {
+    fn authenticate(&self, _conn: &ConnectionInfo, headers: &HeaderMap) -> AuthnResult {
+        let Some(token) = bearer_token(headers) else {
+            return AuthnResult::NoCredentials;
+        };
+        let mut found: Option<&Identity> = None;
+        for e in &self.entries {
+            if constant_time_eq(&e.token, token.as_bytes()) {
+                found = Some(&e.identity);
+            }
+        }
+        match found {
+            Some(id) => AuthnResult::Authenticated(id.clone()),
+            None => AuthnResult::Rejected("invalid bearer token".to_owned()),
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths, not on where they
+/// differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len().max(b.len());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..len {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Splits one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote inside quotes).
+fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.trim().is_empty() && !was_quoted => {
+                field.clear();
+                quoted = true;
+                was_quoted = true;
+            }
+            (false, '"') => return Err("a quote inside an unquoted field".to_owned()),
+            (false, ',') => {
+                fields.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            (false, '\r') => {}
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted field".to_owned());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +415,92 @@ mod tests {
         let got = UnionAuthenticator::default_chain()
             .authenticate(&ConnectionInfo::default(), &HeaderMap::new());
         assert_eq!(got, AuthnResult::NoCredentials);
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    const FILE: &str =
+        "s3cret,alice,uid-1,\"dev,ops\"\n\nadmintok,root,uid-0,system:masters\nbare,bob,uid-2\n";
+
+    #[test]
+    fn token_file_parses_upstream_csv() {
+        let a = TokenFileAuthenticator::parse(FILE).unwrap();
+        assert_eq!(a.len(), 3);
+        let got = a.authenticate(&ConnectionInfo::default(), &bearer("s3cret"));
+        let AuthnResult::Authenticated(id) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.uid, "uid-1");
+        assert_eq!(id.groups, ["dev", "ops", AUTHENTICATED_GROUP]);
+        let AuthnResult::Authenticated(id) =
+            a.authenticate(&ConnectionInfo::default(), &bearer("bare"))
+        else {
+            panic!()
+        };
+        assert_eq!(id.groups, [AUTHENTICATED_GROUP]);
+    }
+
+    #[test]
+    fn wrong_or_prefix_token_is_rejected() {
+        let a = TokenFileAuthenticator::parse(FILE).unwrap();
+        for t in ["s3cre", "s3cretx", "S3CRET", "nope"] {
+            assert!(matches!(
+                a.authenticate(&ConnectionInfo::default(), &bearer(t)),
+                AuthnResult::Rejected(_)
+            ));
+        }
+        assert_eq!(
+            a.authenticate(&ConnectionInfo::default(), &HeaderMap::new()),
+            AuthnResult::NoCredentials
+        );
+        // Through the union: still rejected, not anonymous.
+        let u = UnionAuthenticator::with_tokens(Some(a));
+        assert!(matches!(
+            u.authenticate(&ConnectionInfo::default(), &bearer("nope")),
+            AuthnResult::Rejected(_)
+        ));
+        assert!(matches!(
+            u.authenticate(&ConnectionInfo::default(), &bearer("admintok")),
+            AuthnResult::Authenticated(_)
+        ));
+    }
+
+    #[test]
+    fn bad_token_files() {
+        assert_eq!(TokenFileAuthenticator::parse("tok,user").unwrap_err().0, 1);
+        assert_eq!(
+            TokenFileAuthenticator::parse("a,u,1\n\"unterminated,u,2")
+                .unwrap_err()
+                .0,
+            2
+        );
+        assert!(TokenFileAuthenticator::parse(",u,1").is_err());
+        assert!(TokenFileAuthenticator::parse("t,u,1\nt,v,2").is_err());
+        assert!(format!("{:?}", TokenFileAuthenticator::parse(FILE).unwrap()).contains("3"));
+        assert!(!format!("{:?}", TokenFileAuthenticator::parse(FILE).unwrap()).contains("s3cret"));
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
     }
 
     #[test]

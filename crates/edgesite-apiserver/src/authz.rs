@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::authn::Identity;
+use crate::authn::{AUTHENTICATED_GROUP, Identity};
 use crate::pki::ADMIN_GROUP;
 
 /// Non-resource paths every user, anonymous included, may `get` — upstream's
@@ -14,6 +14,26 @@ pub const PUBLIC_INFO_PATHS: [&str; 5] = ["/healthz", "/livez", "/readyz", "/ver
 /// Whether `path` is one of [`PUBLIC_INFO_PATHS`].
 pub fn is_public_info_path(path: &str) -> bool {
     PUBLIC_INFO_PATHS.contains(&path)
+}
+
+/// Whether `path` is an OpenAPI document (`/openapi/v3`, `/openapi/v3/apis/apps/v1`…), which
+/// upstream's `system:discovery` cluster role lets every authenticated user `get`.
+pub fn is_openapi_path(path: &str) -> bool {
+    path == "/openapi/v3" || path.starts_with("/openapi/v3/")
+}
+
+/// Whether the request creates a `SelfSubjectAccessReview` or a `SelfSubjectReview`, which
+/// upstream's `system:basic-user` cluster role grants every authenticated user.
+pub fn is_self_review(attrs: &RequestAttributes<'_>) -> bool {
+    attrs.verb == "create"
+        && attrs.resource.as_ref().is_some_and(|r| {
+            r.subresource.is_none()
+                && matches!(
+                    (r.api_group.as_str(), r.resource.as_str()),
+                    ("authorization.k8s.io", "selfsubjectaccessreviews")
+                        | ("authentication.k8s.io", "selfsubjectreviews")
+                )
+        })
 }
 
 /// What is being asked. Today every request is treated as a non-resource request (verb from the
@@ -62,7 +82,8 @@ pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The bootstrap policy: members of `system:masters` may do everything; everyone may `get` the
-/// [`PUBLIC_INFO_PATHS`]; everything else is denied.
+/// [`PUBLIC_INFO_PATHS`]; authenticated users may create self reviews ([`is_self_review`]);
+/// everything else is denied.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MastersAuthorizer;
 
@@ -72,6 +93,15 @@ impl Authorizer for MastersAuthorizer {
             return Decision::Allow;
         }
         if attrs.verb == "get" && is_public_info_path(attrs.path) {
+            return Decision::Allow;
+        }
+        if attrs.identity.in_group(AUTHENTICATED_GROUP) && is_self_review(attrs) {
+            return Decision::Allow;
+        }
+        if attrs.verb == "get"
+            && attrs.identity.in_group(AUTHENTICATED_GROUP)
+            && is_openapi_path(attrs.path)
+        {
             return Decision::Allow;
         }
         Decision::Deny(format!(

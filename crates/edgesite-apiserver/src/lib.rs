@@ -6,15 +6,21 @@
 //! - [`server`]: the HTTPS accept loop (tokio-rustls, HTTP/1.1 and HTTP/2) and startup/shutdown.
 //! - [`authn`] and [`authz`]: who is asking ([`authn::Identity`] from client certificates,
 //!   with a hook for bearer tokens) and whether they may ([`authz::Authorizer`]).
+//! - [`metrics`]: Prometheus metrics at `/metrics` (request counts and latencies, open watches,
+//!   process figures).
 //! - [`handlers`]: the axum router: version, health, discovery, and generic handlers for every
 //!   registered resource over raw JSON (get, list, watch, create, update, patch, delete,
 //!   `/status`), reading through [`storage`]'s watch caches and writing through the store.
+//! - [`in_process`]: kube clients that call the router directly (no socket, no TLS), for the
+//!   controllers running inside `edgesite server` ([`Server::in_process_client`]).
 
 pub mod authn;
 pub mod authz;
 mod fsutil;
 pub mod handlers;
+pub mod in_process;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod storage;

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use crate::authn::{ConnectionInfo, UnionAuthenticator};
+use crate::authn::{ConnectionInfo, TokenFileAuthenticator, TokenFileError, UnionAuthenticator};
 use crate::authz::MastersAuthorizer;
 use crate::handlers::{ApiState, router};
 use crate::kubeconfig::{KubeconfigError, write_admin_kubeconfig};
@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub build_date: String,
     /// How long shutdown waits for in-flight requests before dropping connections.
     pub shutdown_timeout: Duration,
+    /// Static bearer tokens (kube-apiserver's `--token-auth-file` CSV format), if any.
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -67,6 +69,7 @@ impl ServerConfig {
             git_commit: "unknown".to_owned(),
             build_date: "1970-01-01T00:00:00Z".to_owned(),
             shutdown_timeout: Duration::from_secs(15),
+            token_auth_file: None,
         }
     }
 
@@ -106,6 +109,9 @@ pub enum ServerError {
     /// The admin kubeconfig could not be written.
     #[error(transparent)]
     Kubeconfig(#[from] KubeconfigError),
+    /// The token file could not be loaded.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves the accept loop running
@@ -117,6 +123,7 @@ pub struct Server {
     kubeconfig_path: PathBuf,
     ready_after: Duration,
     state: Arc<ApiState>,
+    app: Router,
     shutdown_tx: watch::Sender<bool>,
     accept_loop: JoinHandle<()>,
 }
@@ -135,6 +142,10 @@ impl Server {
             .datastore
             .clone()
             .unwrap_or_else(|| DatastoreConfig::embedded(config.embedded_store_path()));
+        let tokens = match &config.token_auth_file {
+            Some(path) => Some(TokenFileAuthenticator::from_file(path)?),
+            None => None,
+        };
         let store = edgesite_store::open(&datastore).await?;
         let store_ready = started.elapsed();
 
@@ -177,7 +188,7 @@ impl Server {
             store,
             server_address: client_addr.to_string(),
             version: discovery::version_info(&config.git_commit, &config.build_date),
-            authenticator: Arc::new(UnionAuthenticator::default_chain()),
+            authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
             authorizer: Arc::new(MastersAuthorizer),
             shutting_down: AtomicBool::new(false),
         });
@@ -189,7 +200,7 @@ impl Server {
         let accept_loop = tokio::spawn(accept_loop(
             listener,
             tls,
-            app,
+            app.clone(),
             shutdown_rx,
             config.shutdown_timeout,
         ));
@@ -211,6 +222,7 @@ impl Server {
             kubeconfig_path,
             ready_after,
             state,
+            app,
             shutdown_tx,
             accept_loop,
         })
@@ -241,6 +253,23 @@ impl Server {
         &self.state.store
     }
 
+    /// Compacts the store at `revision` now (an operator's forced compaction): clients whose
+    /// watches resume from an older resourceVersion get an `ERROR` 410 event and relist.
+    pub async fn compact(&self, revision: i64) -> Result<(), edgesite_api::status::ApiError> {
+        self.state.storage.compact(revision).await
+    }
+
+    /// A kube client that calls this server's handlers directly (no socket, no TLS), acting
+    /// as `user` in `groups` (plus `system:authenticated`): how the in-process controllers
+    /// talk to the API. Authorization applies as for any client.
+    pub fn in_process_client(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let identity = crate::authn::Identity::authenticated(
+            user,
+            groups.iter().map(|g| (*g).to_owned()).collect(),
+        );
+        crate::in_process::client(self.app.clone(), identity)
+    }
+
     /// Serves until `signal` completes, then shuts down gracefully.
     pub async fn run_until(self, signal: impl Future<Output = ()>) {
         signal.await;
@@ -257,8 +286,9 @@ impl Server {
             warn!(%err, "accept loop ended abnormally");
         }
         // The embedded store joins its writer thread on drop: do that off the async threads.
-        let state = self.state;
-        let _ = tokio::task::spawn_blocking(move || drop(state)).await;
+        // The router (kept for in-process clients) holds the state too.
+        let (state, app) = (self.state, self.app);
+        let _ = tokio::task::spawn_blocking(move || drop((app, state))).await;
         info!("shut down");
     }
 }
@@ -272,7 +302,11 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // The connection tasks, so that those still open at the shutdown timeout (watches) are
+    // really dropped, releasing the state and with it the store.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, remote) = tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
@@ -289,7 +323,7 @@ async fn accept_loop(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(err) = serve_connection(tcp, remote, tls, app, builder, watcher).await {
                 debug!(%remote, %err, "connection ended with an error");
             }
@@ -302,6 +336,7 @@ async fn accept_loop(
             warn!("shutdown timeout: dropping the remaining connections");
         }
     }
+    connections.shutdown().await;
 }
 
 async fn serve_connection(

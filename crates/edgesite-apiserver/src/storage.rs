@@ -30,6 +30,23 @@ impl Storage {
         }
     }
 
+    /// The started watch caches, by key prefix (`/registry/core/pods/`...): for metrics.
+    pub async fn started_caches(&self) -> Vec<(String, Arc<WatchCache>)> {
+        let caches = self.caches.lock().await;
+        caches.iter().map(|(p, c)| (p.clone(), c.clone())).collect()
+    }
+
+    /// Compacts the store at `revision` and makes every watch cache forget the events it
+    /// dropped, so that clients resuming from a compacted resourceVersion get 410 Expired and
+    /// relist, exactly as they would against the store alone.
+    pub async fn compact(&self, revision: Revision) -> Result<(), ApiError> {
+        self.store.compact(revision).await.map_err(store_error)?;
+        for (_, cache) in self.started_caches().await {
+            cache.compacted(revision);
+        }
+        Ok(())
+    }
+
     /// The watch cache of `r` (all namespaces), started on first use.
     pub async fn cache(&self, r: &ResourceInfo) -> Result<Arc<WatchCache>, ApiError> {
         let prefix = registry::storage_prefix(r, None)

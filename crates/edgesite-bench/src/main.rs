@@ -1,7 +1,8 @@
 //! `edgesite-bench`: the store figures of `docs/benchmarks.md`, measured on the embedded engine
 //! and on a real etcd side by side, with the same workload and the same durability (every
 //! acknowledged write is on disk: the embedded engine fsyncs its write-ahead log on every group
-//! commit, etcd fsyncs its WAL on every commit by default).
+//! commit, etcd fsyncs its WAL on every commit by default); and the API-server figures, measured
+//! on the release `edgesite` binary run as its own process (see [`server`]).
 //!
 //! Each figure is printed as one line, `label  embedded X  etcd Y  ratio X/Y  (goal …) met|MISSED`,
 //! so that runs can be compared over time with `grep`/`diff`. Progress goes to stderr.
@@ -9,11 +10,13 @@
 //! ```text
 //! cargo run --release -p edgesite-bench            # full run (about 10 minutes)
 //! cargo run --release -p edgesite-bench -- --quick # smaller counts (about 2 minutes)
+//! cargo run --release -p edgesite-bench -- --only server [--quick]  # API server only
 //! ```
 
 mod backend;
 mod machine;
 mod report;
+mod server;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -51,9 +54,14 @@ struct Cli {
     #[command(subcommand)]
     internal: Option<Internal>,
 
-    /// Measure only this backend.
+    /// Measure only this backend, or only the API server.
     #[arg(long, value_enum)]
-    only: Option<Kind>,
+    only: Option<Only>,
+
+    /// The `edgesite` binary of the server figures [default: build it with
+    /// `cargo build --release -p edgesite` and use what cargo reports].
+    #[arg(long, value_name = "PATH")]
+    edgesite_bin: Option<PathBuf>,
 
     /// Smaller counts and shorter durations (about 2 minutes instead of 10).
     #[arg(long)]
@@ -100,6 +108,17 @@ enum Internal {
     },
 }
 
+/// What `--only` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// the embedded store's figures
+    Embedded,
+    /// etcd's figures
+    Etcd,
+    /// the API server's figures (all `server-*` figures)
+    Server,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FigureKind {
     /// writes/s with 1 and with 32 writers
@@ -112,6 +131,37 @@ enum FigureKind {
     Rss,
     /// file size after 1M updates with automatic compaction
     FileSize,
+    /// API server: ready time and idle RSS
+    ServerStart,
+    /// API server: ConfigMap creates/s with 1 and 32 clients
+    ServerCreates,
+    /// API server: lists of 1000 ConfigMaps and 10k pods, RSS after them
+    ServerList,
+    /// API server: 1000 watchers, update -> all have the event
+    ServerWatch,
+    /// API server: release binary size
+    ServerBinary,
+}
+
+impl FigureKind {
+    const STORE: [Self; 5] = [
+        Self::Writes,
+        Self::Watch,
+        Self::Range,
+        Self::Rss,
+        Self::FileSize,
+    ];
+    const SERVER: [Self; 5] = [
+        Self::ServerStart,
+        Self::ServerCreates,
+        Self::ServerList,
+        Self::ServerWatch,
+        Self::ServerBinary,
+    ];
+
+    fn is_server(self) -> bool {
+        Self::SERVER.contains(&self)
+    }
 }
 
 /// The counts and durations of one run.
@@ -130,6 +180,7 @@ struct Settings {
     update_keys: u64,
     update_writers: usize,
     update_limit: Duration,
+    edgesite_bin: Option<PathBuf>,
 }
 
 impl Settings {
@@ -138,19 +189,16 @@ impl Settings {
         Self {
             quick: q,
             backends: match cli.only {
-                Some(k) => vec![k],
+                Some(Only::Embedded) => vec![Kind::Embedded],
+                Some(Only::Etcd) => vec![Kind::Etcd],
+                Some(Only::Server) => vec![],
                 None => vec![Kind::Embedded, Kind::Etcd],
             },
-            figures: if cli.figures.is_empty() {
-                vec![
-                    FigureKind::Writes,
-                    FigureKind::Watch,
-                    FigureKind::Range,
-                    FigureKind::Rss,
-                    FigureKind::FileSize,
-                ]
-            } else {
-                cli.figures.clone()
+            figures: match (cli.figures.is_empty(), cli.only) {
+                (false, _) => cli.figures.clone(),
+                (true, Some(Only::Server)) => FigureKind::SERVER.to_vec(),
+                (true, Some(_)) => FigureKind::STORE.to_vec(),
+                (true, None) => [FigureKind::STORE, FigureKind::SERVER].concat(),
             },
             warmup: Duration::from_secs(1),
             write_duration: Duration::from_secs(cli.duration_secs.unwrap_or(if q { 2 } else { 5 })),
@@ -166,7 +214,24 @@ impl Settings {
             } else {
                 300
             })),
+            edgesite_bin: cli.edgesite_bin.clone(),
         }
+    }
+
+    fn server_plan(&self) -> Option<server::Plan> {
+        let has = |k: FigureKind| self.figures.contains(&k);
+        FigureKind::SERVER
+            .iter()
+            .any(|&k| has(k))
+            .then(|| server::Plan {
+                quick: self.quick,
+                start: has(FigureKind::ServerStart),
+                creates: has(FigureKind::ServerCreates),
+                list: has(FigureKind::ServerList),
+                watch: has(FigureKind::ServerWatch),
+                binary: has(FigureKind::ServerBinary),
+                edgesite_bin: self.edgesite_bin.clone(),
+            })
     }
 
     fn describe(&self) -> String {
@@ -288,14 +353,30 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
         .tempdir_in(&base)
         .with_context(|| format!("creating a data directory under {}", base.display()))?;
     let facts = machine::Facts::collect(data.path());
-    println!("EdgeSite store benchmark: embedded engine vs etcd, same workload, same durability");
-    for line in facts.header_lines(&settings.describe(), ETCD_QUOTA_ARG) {
-        println!("{line}");
+    let store_figures =
+        !settings.backends.is_empty() && settings.figures.iter().any(|f| !f.is_server());
+    if store_figures {
+        println!(
+            "EdgeSite store benchmark: embedded engine vs etcd, same workload, same durability"
+        );
+        for line in facts.header_lines(&settings.describe(), ETCD_QUOTA_ARG) {
+            println!("{line}");
+        }
+        for warning in facts.warnings() {
+            println!("WARNING: {warning}");
+        }
+        println!();
+    } else {
+        // Only the lines about the run and the machine; the server part prints its own.
+        for line in facts.header_lines("", ETCD_QUOTA_ARG) {
+            if ["date", "commit", "machine", "load"]
+                .iter()
+                .any(|p| line.starts_with(p))
+            {
+                println!("{line}");
+            }
+        }
     }
-    for warning in facts.warnings() {
-        println!("WARNING: {warning}");
-    }
-    println!();
     let mut ctx = Ctx {
         settings,
         data,
@@ -305,6 +386,9 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
     };
     let figures = ctx.settings.figures.clone();
     for figure in figures {
+        if ctx.settings.backends.is_empty() {
+            break;
+        }
         match figure {
             FigureKind::Writes => {
                 for (writers, goal) in [(1usize, 1.0), (32, 2.0)] {
@@ -315,7 +399,20 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             FigureKind::Range => range_figure(&mut ctx).await,
             FigureKind::Rss => rss_figure(&mut ctx).await,
             FigureKind::FileSize => file_size_figure(&mut ctx).await,
+            FigureKind::ServerStart
+            | FigureKind::ServerCreates
+            | FigureKind::ServerList
+            | FigureKind::ServerWatch
+            | FigureKind::ServerBinary => {}
         }
+    }
+    if let Some(plan) = ctx.settings.server_plan() {
+        let started = ctx.started;
+        let progress = |msg: String| {
+            eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+        };
+        let outcome = server::run(&plan, ctx.data.path(), &progress).await;
+        ctx.failures += outcome.failures;
     }
     report::note(&format!(
         "load average {} (1/5/15 min) at the end",

@@ -460,6 +460,26 @@ impl WatchCache {
         }
     }
 
+    /// Follows a compaction of the store at `revision`: the cache forgets the events at and
+    /// below it, so a watch or a continued list from a revision the store no longer has gets
+    /// [`WatchCacheError::TooOld`] / [`WatchCacheError::Expired`] (the client relists), as it
+    /// would against the store itself. Live watches are not disturbed. Returns the events
+    /// dropped.
+    pub fn compacted(&self, revision: Revision) -> usize {
+        let mut st = lock(&self.inner.state);
+        let revision = revision.min(st.revision);
+        let before = st.events.len();
+        while st
+            .events
+            .front()
+            .is_some_and(|(ev, _)| ev.revision <= revision)
+        {
+            st.events.pop_front();
+        }
+        st.oldest = st.oldest.max(revision);
+        before - st.events.len()
+    }
+
     /// A page of the current state (resourceVersion unset or `"0"`), or, with a continue
     /// token, the next page at the token's revision: pages of one list are consistent with
     /// each other for as long as the token's revision is in the cache's window, and fail with

@@ -572,6 +572,45 @@ async fn too_old_revisions_and_expired_continues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_compaction_moves_the_window_but_spares_live_watches() {
+    let f = Fixture::embedded().await;
+    let cache = f.cache(WatchCacheConfig::default()).await;
+    let before = f.store.put(&key("a", "1"), b"1".to_vec(), 0).await.unwrap();
+    wait_revision(&cache, before).await;
+    let mut live = cache
+        .watch(WatchOptions::from_revision(before))
+        .await
+        .unwrap();
+    let last = churn(&f.store, "x", 12).await;
+    wait_revision(&cache, last).await;
+    let window = cache.stats().events;
+    assert!(window >= 12, "{window} events in the window");
+
+    f.store.compact(last).await.unwrap();
+    assert_eq!(cache.compacted(last), window);
+    let stats = cache.stats();
+    assert_eq!((stats.events, stats.oldest), (0, last));
+    // Resuming from before the compaction is too old, from the compaction point is fine.
+    assert!(matches!(
+        cache.watch(WatchOptions::from_revision(before)).await,
+        Err(WatchCacheError::TooOld { oldest, .. }) if oldest == last
+    ));
+    let mut resumed = cache
+        .watch(WatchOptions::from_revision(last))
+        .await
+        .unwrap();
+    // The live watch still gets everything it was owed (all but the first put, which it
+    // started after), then goes on.
+    assert_eq!(collect_until(&mut live, last).await.len(), window - 1);
+    let next = f.store.put(&key("b", "2"), b"2".to_vec(), 0).await.unwrap();
+    assert_eq!(collect_until(&mut live, next).await.len(), 1);
+    assert_eq!(collect_until(&mut resumed, next).await.len(), 1);
+    // A compaction the cache has not reached yet never moves the window past its revision.
+    assert_eq!(cache.compacted(next + 100), 1);
+    assert!(cache.stats().oldest <= cache.revision());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_events_then_live_with_sub_prefix_and_filter() {
     let f = Fixture::embedded().await;
     for (ns, name) in [("a", "1"), ("a", "2"), ("b", "1")] {

@@ -40,6 +40,10 @@ struct ServerArgs {
     /// at DATA_DIR/db/state.redb.
     #[arg(long, env = "EDGESITE_DATASTORE")]
     datastore: Option<String>,
+    /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line (kube-apiserver's
+    /// --token-auth-file format).
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +73,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.data_dir);
     config.bind_address = args.bind_address;
     config.secure_port = args.secure_port;
+    config.token_auth_file = args.token_auth_file;
     if let Some(url) = &args.datastore {
         config.datastore = Some(
             DatastoreConfig::from_url(url)
@@ -84,7 +89,17 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let server = Server::start(config)
         .await
         .context("cannot start the server")?;
-    server.run_until(shutdown_signal()).await;
+    // The controllers talk to the API in-process. Until RBAC exists they need system:masters.
+    let client =
+        server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controllers = tokio::spawn(edgesite_controllers::run_all(client, async move {
+        let _ = stopped.await;
+    }));
+    shutdown_signal().await;
+    let _ = stop.send(());
+    let _ = controllers.await;
+    server.shutdown().await;
     Ok(())
 }
 

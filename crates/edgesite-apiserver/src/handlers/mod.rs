@@ -1,10 +1,14 @@
 //! The HTTP surface: an axum [`Router`] with authentication and authorization in front of the
 //! discovery, version and health endpoints. Resource handlers plug into [`router`] next.
 
-mod body;
+pub mod body;
 mod discovery;
+mod fieldvalidation;
 mod health;
+mod openapi;
 pub mod resources;
+mod reviews;
+mod scale;
 mod watch;
 
 use std::sync::Arc;
@@ -56,6 +60,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get_only(health::healthz))
         .route("/livez", get_only(health::livez))
         .route("/readyz", get_only(health::readyz))
+        .route("/metrics", get_only(crate::metrics::handler))
+        .route("/openapi/v3", get_only(openapi::root))
+        .route("/openapi/v3/", get_only(openapi::root))
+        .route("/openapi/v3/{*gv}", get_only(openapi::group_version))
         .route("/api", get_only(discovery::api))
         .route("/api/", get_only(discovery::api))
         .route("/apis", get_only(discovery::apis))
@@ -77,6 +85,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.clone(),
             authenticate_and_authorize,
         ))
+        .layer(middleware::from_fn(crate::metrics::middleware))
         .with_state(state)
 }
 
@@ -102,7 +111,15 @@ async fn authenticate_and_authorize(
         .get::<ConnectionInfo>()
         .cloned()
         .unwrap_or_default();
-    let identity = match state.authenticator.authenticate(&conn, req.headers()) {
+    // In-process clients (controllers) carry their identity as an extension, which only code
+    // in this process can set: network requests never have one.
+    let in_process = req
+        .extensions()
+        .get::<crate::in_process::InProcessIdentity>()
+        .map(|i| AuthnResult::Authenticated(i.0.clone()));
+    let authn =
+        in_process.unwrap_or_else(|| state.authenticator.authenticate(&conn, req.headers()));
+    let identity = match authn {
         AuthnResult::Authenticated(id) => Some(id),
         AuthnResult::NoCredentials => None,
         AuthnResult::Rejected(why) => {

@@ -7,17 +7,26 @@ use std::sync::Arc;
 use axum::extract::{Query, Request};
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
+use edgesite_api::openapi::OpenApi;
 use edgesite_api::patch::{self, KnownMergeKeys};
 use edgesite_api::registry::{self, ResourceInfo};
-use edgesite_api::selector::{FieldSelector, LabelSelector, common_fields};
+use edgesite_api::selector::{FieldSelector, LabelSelector};
 use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE};
 use edgesite_api::table::{IncludeObject, TableOptions, table_for, unix_now};
+use edgesite_api::validation;
 use edgesite_store::watch_cache::{ListOptions, WatchCacheError};
 use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest};
 use serde_json::{Map, Value, json};
 
+use super::fieldvalidation as fv;
 use super::{ApiState, body, json_response, status_response};
 use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
+
+#[path = "delete.rs"]
+pub mod delete;
+
+#[path = "apply.rs"]
+mod apply;
 
 /// The largest request body accepted (upstream: 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -69,7 +78,12 @@ pub fn parse_path(path: &str) -> Option<Option<Target>> {
     let lookup = |plural: &str| registry::lookup(group, version, plural);
     let with_sub = |t: Target| -> Option<Target> {
         match &t.subresource {
-            Some(s) if t.resource.subresource(s).is_none() || s != "status" => None,
+            Some(s)
+                if t.resource.subresource(s).is_none()
+                    || !matches!(s.as_str(), "status" | "scale" | "finalize") =>
+            {
+                None
+            }
             _ => Some(t),
         }
     };
@@ -107,6 +121,9 @@ pub fn parse_path(path: &str) -> Option<Option<Target>> {
 
 /// Serves one resource request (after authentication and authorization).
 pub async fn handle(state: Arc<ApiState>, target: Target, req: Request) -> Response {
+    if super::reviews::is_review(&target) {
+        return super::reviews::handle(state, target, req).await;
+    }
     match handle_inner(state, target, req).await {
         Ok(resp) => resp,
         Err(err) => status_response(&err),
@@ -119,6 +136,8 @@ struct Ctx {
     ns: Option<String>,
     query: HashMap<String, String>,
     table: bool,
+    /// Who `managedFields` credits for this write (`None`: an apply, which records itself).
+    manager: Option<String>,
 }
 
 impl Ctx {
@@ -137,6 +156,13 @@ impl Ctx {
 
     fn dry_run(&self) -> bool {
         self.param("dryRun") == Some("All")
+    }
+
+    /// Field validation of a request body per the `fieldValidation` parameter: the warnings
+    /// to send, with unknown fields pruned from `obj`.
+    fn validate_fields(&self, op: fv::Operation, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        let directive = fv::Directive::parse(self.param("fieldValidation"), op)?;
+        fv::validate(self.r, directive, op, obj)
     }
 
     fn table_options(&self) -> TableOptions {
@@ -183,17 +209,37 @@ async fn handle_inner(
         })
         .unwrap_or_default();
     let method = req.method().clone();
+    let manager = apply::manager_for(&method, &content_type, &query, req.headers());
     let ctx = Ctx {
         state,
         r: target.resource,
         ns: target.namespace.clone(),
         query,
         table,
+        manager,
     };
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
-        .map_err(|e| ApiError::request_entity_too_large(e.to_string()))?;
+        .map_err(|_| ApiError::request_entity_too_large(format!("limit is {MAX_BODY}")))?;
+    if target.subresource.as_deref() == Some("scale") {
+        let name = target.name.as_deref().unwrap_or_default();
+        let req = super::scale::ScaleRequest {
+            r: ctx.r,
+            ns: ctx.ns.as_deref(),
+            name,
+            method: &method,
+            content_type: &content_type,
+            body: &body,
+            dry_run: ctx.dry_run(),
+            table: ctx.table.then(|| ctx.table_options()),
+        };
+        let (status, scale) = super::scale::handle(&ctx.state, req).await?;
+        return Ok(json_response(status, &scale));
+    }
     let status_sub = target.subresource.is_some();
+    if target.subresource.as_deref() == Some("finalize") && method != Method::PUT {
+        return Err(ApiError::method_not_allowed(ctx.r, "this method"));
+    }
     if !ctx.r.namespaced && ctx.ns.is_some() {
         return Err(ApiError::not_found(
             ctx.r,
@@ -218,13 +264,19 @@ async fn handle_inner(
             if ctx.r.namespaced && ctx.ns.is_none() {
                 return Err(ApiError::method_not_allowed(ctx.r, "create"));
             }
-            let obj = body::decode_object(&content_type, &body)?;
+            let mut obj = body::decode_object(&content_type, &body)?;
+            let warnings = ctx.validate_fields(fv::Operation::Create, &mut obj)?;
+            apply::record_create(&ctx, &mut obj);
             let created =
                 create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await?;
-            Ok(ctx.respond(StatusCode::CREATED, &created))
+            Ok(fv::with_warnings(
+                ctx.respond(StatusCode::CREATED, &created),
+                &warnings,
+            ))
         }
         (Method::PUT, Some(name)) => {
             let mut obj = body::decode_object(&content_type, &body)?;
+            let warnings = ctx.validate_fields(fv::Operation::Update, &mut obj)?;
             check_type(ctx.r, &mut obj)?;
             check_namespace(ctx.r, ctx.ns.as_deref(), &mut obj)?;
             match meta_str(&obj, "name") {
@@ -239,8 +291,26 @@ async fn handle_inner(
                     }
                 }
             }
-            let updated = update_loop(&ctx, &name, status_sub, |_| Ok(obj.clone())).await?;
-            Ok(ctx.respond(StatusCode::OK, &updated))
+            let updated = if target.subresource.as_deref() == Some("finalize") {
+                update_loop(&ctx, &name, false, |current| {
+                    Ok(delete::finalize_namespace(current, &obj))
+                })
+                .await?
+            } else {
+                update_loop(&ctx, &name, status_sub, |current| {
+                    let mut new = obj.clone();
+                    delete::keep_namespace_finalizers(current, &mut new);
+                    Ok(new)
+                })
+                .await?
+            };
+            Ok(fv::with_warnings(
+                ctx.respond(StatusCode::OK, &updated),
+                &warnings,
+            ))
+        }
+        (Method::PATCH, Some(name)) if content_type == apply::APPLY_PATCH => {
+            apply::apply_patch(&ctx, &name, target.subresource.as_deref(), &body).await
         }
         (Method::PATCH, Some(name)) => {
             enum Kind {
@@ -257,6 +327,7 @@ async fn handle_inner(
                         "application/json-patch+json",
                         "application/merge-patch+json",
                         "application/strategic-merge-patch+json",
+                        apply::APPLY_PATCH,
                     ]));
                 }
             };
@@ -267,14 +338,21 @@ async fn handle_inner(
                         .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?,
                 ),
             };
+            let schema = OpenApi::get().kind_schema(ctx.r.group, ctx.r.version, ctx.r.kind);
+            let mut warnings = Vec::new();
             let updated = update_loop(&ctx, &name, status_sub, |current| {
-                let mut out = match (&kind, &parsed) {
-                    (Kind::Json, _) => patch::json_patch(current, &body)?,
-                    (Kind::Merge, Some(p)) => patch::merge_patch(current, p)?,
-                    (_, Some(p)) => patch::strategic_merge_patch(current, p, &KnownMergeKeys)?,
+                let mut out = match (&kind, &parsed, &schema) {
+                    (Kind::Json, _, _) => patch::json_patch(current, &body)?,
+                    (Kind::Merge, Some(p), _) => patch::merge_patch(current, p)?,
+                    (_, Some(p), Some(s)) => patch::strategic_merge_patch(current, p, s)?,
+                    (_, Some(p), None) => {
+                        patch::strategic_merge_patch(current, p, &KnownMergeKeys)?
+                    }
                     _ => return Err(ApiError::internal("no patch")),
                 };
+                warnings = ctx.validate_fields(fv::Operation::Patch, &mut out)?;
                 check_type(ctx.r, &mut out)?;
+                delete::keep_namespace_finalizers(current, &mut out);
                 if meta_str(&out, "name") != meta_str(current, "name") {
                     return Err(ApiError::bad_request(
                         "the name of an object cannot be patched",
@@ -283,9 +361,15 @@ async fn handle_inner(
                 Ok(out)
             })
             .await?;
-            Ok(ctx.respond(StatusCode::OK, &updated))
+            Ok(fv::with_warnings(
+                ctx.respond(StatusCode::OK, &updated),
+                &warnings,
+            ))
         }
-        (Method::DELETE, Some(name)) if !status_sub => delete(&ctx, &name, &body).await,
+        (Method::DELETE, Some(name)) if !status_sub => {
+            delete::delete(&ctx, &name, &content_type, &body).await
+        }
+        (Method::DELETE, None) => delete::delete_collection(&ctx, &content_type, &body).await,
         (m, name) => Err(ApiError::method_not_allowed(
             ctx.r,
             match (m.as_str(), name.is_some()) {
@@ -339,40 +423,6 @@ fn check_namespace(r: &ResourceInfo, ns: Option<&str>, obj: &mut Value) -> Resul
     Ok(())
 }
 
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// Validates an object name; namespaces (and services) use DNS labels, the rest subdomains.
-fn validate_name(r: &ResourceInfo, name: &str) -> Vec<Cause> {
-    let label = r.group.is_empty() && matches!(r.plural, "namespaces" | "services");
-    let v = Value::String(name.to_owned());
-    if label {
-        if name.len() > 63 {
-            return vec![Cause::too_long("metadata.name", 63)];
-        }
-        if !is_label(name) {
-            return vec![Cause::invalid("metadata.name", &v, LABEL_MSG)];
-        }
-    } else {
-        if name.len() > 253 {
-            return vec![Cause::too_long("metadata.name", 253)];
-        }
-        if !name.split('.').all(is_label) {
-            return vec![Cause::invalid("metadata.name", &v, SUBDOMAIN_MSG)];
-        }
-    }
-    Vec::new()
-}
-
 /// Creates `obj` as a new object of `r` (in `ns` for namespaced resources): the create
 /// handler's core, also used to seed the cluster.
 pub async fn create_object(
@@ -385,6 +435,11 @@ pub async fn create_object(
     check_type(r, &mut obj)?;
     check_namespace(r, ns, &mut obj)?;
     let given = meta_str(&obj, "name").unwrap_or_default().to_owned();
+    if r.namespaced
+        && let Some(ns) = ns
+    {
+        delete::admit_create(state, r, ns, &given).await?;
+    }
     let generate = meta_str(&obj, "generateName")
         .unwrap_or_default()
         .to_owned();
@@ -407,13 +462,6 @@ pub async fn create_object(
         md.insert("creationTimestamp".into(), storage::now_rfc3339().into());
         md.insert("generation".into(), 1.into());
     }
-    if r.group.is_empty() && r.plural == "namespaces" {
-        let o = obj.as_object_mut().expect("object");
-        let status = o.entry("status").or_insert_with(|| json!({}));
-        if let Some(s) = status.as_object_mut() {
-            s.entry("phase").or_insert_with(|| "Active".into());
-        }
-    }
     let attempts = if given.is_empty() { 8 } else { 1 };
     for _ in 0..attempts {
         let name = if given.is_empty() {
@@ -421,12 +469,15 @@ pub async fn create_object(
         } else {
             given.clone()
         };
-        let causes = validate_name(r, &name);
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(r, &name, causes));
-        }
+        // Defaulted and validated once named (errors carry the name, Job labels use it).
+        let mut obj = obj.clone();
         if let Some(md) = metadata_mut(&mut obj) {
             md.insert("name".into(), name.clone().into());
+        }
+        validation::default_object(r, &mut obj);
+        let causes = validation::validate_create(r, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(r, &name, causes));
         }
         if dry_run {
             return Ok(obj);
@@ -490,6 +541,12 @@ fn prepare_update(r: &ResourceInfo, current: &Value, mut new: Value, status_sub:
                     m.remove("status");
                 }
             }
+        }
+        // Status writers are recorded in managedFields too (an apply computed them already).
+        if let Some(mf) = new.pointer("/metadata/managedFields")
+            && let Some(md) = metadata_mut(&mut out)
+        {
+            md.insert("managedFields".into(), mf.clone());
         }
         return out;
     }
@@ -557,7 +614,10 @@ async fn update_loop(
     for _ in 0..16 {
         let kv = get_kv(ctx, name).await?;
         let current = decode(&kv, kv.mod_revision);
-        let new = compute(&current)?;
+        let mut new = compute(&current)?;
+        if !status_sub {
+            validation::default_update(ctx.r, &current, &mut new);
+        }
         if let Some(rv) = meta_str(&new, "resourceVersion")
             && !rv.is_empty()
             && rv != kv.mod_revision.to_string()
@@ -569,6 +629,15 @@ async fn update_loop(
             ));
         }
         let mut prepared = prepare_update(ctx.r, &current, new, status_sub);
+        apply::record_update(ctx, &current, &mut prepared, status_sub);
+        let causes = if status_sub {
+            validation::validate_status_update(ctx.r, &current, &prepared)
+        } else {
+            validation::validate_update(ctx.r, &current, &prepared)
+        };
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(ctx.r, name, causes));
+        }
         if ctx.dry_run() {
             set_resource_version(&mut prepared, kv.mod_revision);
             return Ok(prepared);
@@ -577,7 +646,10 @@ async fn update_loop(
             .get("metadata")
             .and_then(|m| m.get("deletionTimestamp"))
             .is_some();
-        if deleting && finalizers_empty(&prepared) {
+        if deleting
+            && finalizers_empty(&prepared)
+            && !delete::namespace_spec_finalizers_pending(&prepared)
+        {
             match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
                 Ok((_, rev)) => {
                     set_resource_version(&mut prepared, rev);
@@ -607,101 +679,22 @@ async fn update_loop(
     ))
 }
 
-async fn delete(ctx: &Ctx, name: &str, body: &[u8]) -> Result<Response, ApiError> {
-    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
-    };
-    let pre_uid = opts
-        .pointer("/preconditions/uid")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let pre_rv = opts
-        .pointer("/preconditions/resourceVersion")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let dry_run = ctx.dry_run()
-        || opts
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|v| v == "All"));
-    let key = ctx.key(name)?;
-    let store = &ctx.state.storage.store;
-    for _ in 0..16 {
-        let kv = get_kv(ctx, name).await?;
-        let mut current = decode(&kv, kv.mod_revision);
-        if let Some(uid) = &pre_uid {
-            let actual = meta_str(&current, "uid").unwrap_or_default();
-            if uid != actual {
-                return Err(ApiError::conflict_with(
-                    ctx.r,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
-                    ),
-                ));
-            }
-        }
-        if let Some(rv) = &pre_rv
-            && *rv != kv.mod_revision.to_string()
-        {
-            return Err(ApiError::conflict_with(
-                ctx.r,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    kv.mod_revision
-                ),
-            ));
-        }
-        if dry_run {
-            return Ok(ctx.respond(StatusCode::OK, &current));
-        }
-        if !finalizers_empty(&current) {
-            let md = metadata_mut(&mut current).expect("object");
-            if md.contains_key("deletionTimestamp") {
-                return Ok(ctx.respond(StatusCode::OK, &current));
-            }
-            md.insert("deletionTimestamp".into(), storage::now_rfc3339().into());
-            md.insert("deletionGracePeriodSeconds".into(), 0.into());
-            match store
-                .update(key.as_bytes(), encode(&current), kv.mod_revision, 0)
-                .await
-            {
-                Ok(rev) => {
-                    set_resource_version(&mut current, rev);
-                    return Ok(ctx.respond(StatusCode::OK, &current));
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(storage::store_error(e)),
-            }
-        }
-        match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
-            Ok(_) => return Ok(ctx.respond(StatusCode::OK, &current)),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(ctx.r, name)),
-            Err(e) => return Err(storage::store_error(e)),
-        }
-    }
-    Err(ApiError::conflict_with(
-        ctx.r,
-        name,
-        OPTIMISTIC_LOCK_MESSAGE,
-    ))
-}
-
 /// Label and field selectors of a list or watch.
 #[derive(Debug, Clone)]
 pub struct Selectors {
+    r: &'static ResourceInfo,
     label: LabelSelector,
     field: FieldSelector,
 }
 
 impl Selectors {
-    /// Parses `labelSelector` and `fieldSelector` (only `metadata.name`/`metadata.namespace`).
-    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+    /// Parses `labelSelector` and `fieldSelector` for resource `r`; a field `r` cannot be
+    /// selected by (see [`registry::selectable_fields`]) is a 400
+    /// `field label not supported: <field>`.
+    pub fn parse(
+        r: &'static ResourceInfo,
+        query: &HashMap<String, String>,
+    ) -> Result<Self, ApiError> {
         let label = match query.get("labelSelector") {
             Some(s) => LabelSelector::parse(s)?,
             None => LabelSelector::everything(),
@@ -710,8 +703,8 @@ impl Selectors {
             Some(s) => FieldSelector::parse(s)?,
             None => FieldSelector::everything(),
         };
-        field.check_fields(|f| f == "metadata.name" || f == "metadata.namespace")?;
-        Ok(Self { label, field })
+        field.check_fields(|f| registry::is_selectable_field(r, f))?;
+        Ok(Self { r, label, field })
     }
 
     /// Whether `obj` matches both.
@@ -726,12 +719,15 @@ impl Selectors {
                     .collect()
             })
             .unwrap_or_default();
-        self.label.matches(&labels) && self.field.matches(&common_fields(obj))
+        self.label.matches(&labels)
+            && self
+                .field
+                .matches_with(|f| registry::selectable_field_value(self.r, obj, f))
     }
 }
 
 async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
-    let sel = Selectors::parse(&ctx.query)?;
+    let sel = Selectors::parse(ctx.r, &ctx.query)?;
     let cache = ctx.state.storage.cache(ctx.r).await?;
     let key_prefix = registry::storage_prefix(ctx.r, ctx.ns.as_deref())
         .ok_or_else(|| ApiError::bad_request("invalid namespace"))?;

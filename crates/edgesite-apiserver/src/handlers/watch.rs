@@ -38,7 +38,7 @@ pub async fn watch(
     query: &HashMap<String, String>,
     table: bool,
 ) -> Result<Response, ApiError> {
-    let sel = Arc::new(Selectors::parse(query)?);
+    let sel = Arc::new(Selectors::parse(r, query)?);
     let cache = state.storage.cache(r).await?;
     let prefix = registry::storage_prefix(r, ns)
         .ok_or_else(|| ApiError::bad_request("invalid namespace"))?;

@@ -1,0 +1,239 @@
+//! Reviews: `SelfSubjectAccessReview` (authorization.k8s.io/v1, what `kubectl auth can-i`
+//! posts) and `SelfSubjectReview` (authentication.k8s.io/v1, `kubectl auth whoami`). Both are
+//! computed from the requesting identity and answered with `201 Created`; nothing is stored.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{Method, StatusCode, header};
+use axum::response::Response;
+use edgesite_api::registry::ResourceInfo;
+use edgesite_api::status::{ApiError, Cause};
+use serde_json::{Map, Value, json};
+
+use super::resources::Target;
+use super::{ApiState, body, json_response, status_response};
+use crate::authn::Identity;
+use crate::authz::{Decision, RequestAttributes, ResourceAttributes};
+
+/// The largest review body accepted (as every request body: 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Whether `target` is a review resource this module answers (instead of the generic
+/// handlers, which would store it).
+pub fn is_review(target: &Target) -> bool {
+    matches!(
+        (target.resource.group, target.resource.plural),
+        ("authorization.k8s.io", "selfsubjectaccessreviews")
+            | ("authentication.k8s.io", "selfsubjectreviews")
+    )
+}
+
+/// Answers a request on a review resource (see [`is_review`]): `POST` evaluates the review
+/// for the requesting user; every other method is 405.
+pub async fn handle(state: Arc<ApiState>, target: Target, req: Request) -> Response {
+    match handle_inner(&state, &target, req).await {
+        Ok(resp) => resp,
+        Err(err) => status_response(&err),
+    }
+}
+
+async fn handle_inner(
+    state: &ApiState,
+    target: &Target,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let r = target.resource;
+    if target.namespace.is_some() || target.name.is_some() || target.subresource.is_some() {
+        return Err(ApiError::not_found(
+            r,
+            target.name.as_deref().unwrap_or_default(),
+        ));
+    }
+    if req.method() != Method::POST {
+        let action = match *req.method() {
+            Method::GET => "list",
+            Method::DELETE => "deletecollection",
+            _ => "this method",
+        };
+        return Err(ApiError::method_not_allowed(r, action));
+    }
+    let identity = req
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or_else(Identity::anonymous);
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| ApiError::request_entity_too_large(format!("limit is {MAX_BODY}")))?;
+    let mut obj = body::decode_object(&content_type, &bytes)?;
+    check_type(r, &mut obj)?;
+    let out = match r.plural {
+        "selfsubjectaccessreviews" => access_review(state, r, &identity, obj)?,
+        _ => self_subject_review(r, &identity, obj),
+    };
+    Ok(json_response(StatusCode::CREATED, &out))
+}
+
+/// `apiVersion` and `kind`, when given, must be the review's.
+fn check_type(r: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    let api_version = r.api_version();
+    let m = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
+        match m.get(field).and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert(field.into(), want.into());
+            }
+            Some(got) if got == want => {}
+            Some(got) => {
+                return Err(ApiError::bad_request(format!(
+                    "the {field} of the provided object ({got}) does not match the resource ({want})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The response metadata: what the client sent (reviews have no name), with
+/// `creationTimestamp: null` as upstream serializes an unset time.
+fn response_metadata(obj: &Value) -> Value {
+    let mut md = obj
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    md.entry("creationTimestamp").or_insert(Value::Null);
+    Value::Object(md)
+}
+
+fn str_field<'a>(attrs: &'a Map<String, Value>, name: &str) -> &'a str {
+    attrs.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn access_review(
+    state: &ApiState,
+    r: &ResourceInfo,
+    identity: &Identity,
+    obj: Value,
+) -> Result<Value, ApiError> {
+    let spec = obj.get("spec").and_then(Value::as_object);
+    let resource_attrs = spec
+        .and_then(|s| s.get("resourceAttributes"))
+        .and_then(Value::as_object);
+    let non_resource_attrs = spec
+        .and_then(|s| s.get("nonResourceAttributes"))
+        .and_then(Value::as_object);
+    let invalid = |causes| ApiError::invalid(r, "", causes);
+    let (verb, path, resource) = match (resource_attrs, non_resource_attrs) {
+        (Some(a), None) => {
+            let group = str_field(a, "group");
+            let resource = str_field(a, "resource");
+            let namespace = str_field(a, "namespace");
+            let name = str_field(a, "name");
+            let subresource = str_field(a, "subresource");
+            let version = non_empty(str_field(a, "version")).unwrap_or_else(|| "v1".to_owned());
+            // The URL the request would use; authorizers that look at paths see a plausible one.
+            let mut path = if group.is_empty() {
+                format!("/api/{version}")
+            } else {
+                format!("/apis/{group}/{version}")
+            };
+            if !namespace.is_empty() {
+                path.push_str(&format!("/namespaces/{namespace}"));
+            }
+            for seg in [resource, name, subresource] {
+                if !seg.is_empty() {
+                    path.push('/');
+                    path.push_str(seg);
+                }
+            }
+            (
+                str_field(a, "verb").to_owned(),
+                path,
+                Some(ResourceAttributes {
+                    api_group: group.to_owned(),
+                    resource: resource.to_owned(),
+                    subresource: non_empty(subresource),
+                    namespace: non_empty(namespace),
+                    name: non_empty(name),
+                }),
+            )
+        }
+        (None, Some(a)) => (
+            str_field(a, "verb").to_owned(),
+            str_field(a, "path").to_owned(),
+            None,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(invalid(vec![Cause::invalid(
+                "spec.resourceAttributes",
+                &Value::String("resourceAttributes".into()),
+                "cannot be specified in combination with nonResourceAttributes",
+            )]));
+        }
+        (None, None) => {
+            return Err(invalid(vec![Cause::required(
+                "spec.resourceAttributes",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            )]));
+        }
+    };
+    let attrs = RequestAttributes {
+        identity,
+        verb,
+        path: &path,
+        resource,
+    };
+    let status = match state.authorizer.authorize(&attrs) {
+        Decision::Allow => json!({"allowed": true}),
+        // Like RBAC's "no opinion", no reason: kubectl then prints a plain "no".
+        Decision::Deny(why) => {
+            tracing::debug!(user = %identity.user, %why, "access review denied");
+            json!({"allowed": false})
+        }
+    };
+    Ok(json!({
+        "kind": r.kind,
+        "apiVersion": r.api_version(),
+        "metadata": response_metadata(&obj),
+        "spec": obj.get("spec").cloned().unwrap_or_else(|| json!({})),
+        "status": status,
+    }))
+}
+
+fn self_subject_review(r: &ResourceInfo, identity: &Identity, obj: Value) -> Value {
+    let mut user_info = Map::new();
+    user_info.insert("username".into(), identity.user.clone().into());
+    if !identity.uid.is_empty() {
+        user_info.insert("uid".into(), identity.uid.clone().into());
+    }
+    user_info.insert("groups".into(), json!(identity.groups));
+    if !identity.extra.is_empty() {
+        user_info.insert("extra".into(), json!(identity.extra));
+    }
+    json!({
+        "kind": r.kind,
+        "apiVersion": r.api_version(),
+        "metadata": response_metadata(&obj),
+        "status": {"userInfo": user_info},
+    })
+}

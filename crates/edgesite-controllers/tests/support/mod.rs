@@ -1,0 +1,124 @@
+//! A real API server in a temporary directory with the controllers running in-process, and
+//! an admin kube client that reaches it over TLS like any user.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use edgesite_apiserver::{PkiOptions, Server, ServerConfig};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, ResourceExt as _};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+    /// The admin client, over HTTPS.
+    pub client: Client,
+    stop: oneshot::Sender<()>,
+    controllers: JoinHandle<()>,
+}
+
+impl Cluster {
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = ServerConfig::new(dir.path());
+        config.bind_address = "127.0.0.1".parse()?;
+        config.secure_port = 0;
+        config.pki = PkiOptions {
+            hostname: Some("edge-test".to_owned()),
+            extra_sans: Vec::new(),
+            include_interface_ips: false,
+        };
+        let server = Server::start(config).await?;
+        let in_process =
+            server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let controllers = tokio::spawn(edgesite_controllers::run_all(in_process, async move {
+            let _ = stopped.await;
+        }));
+        // kube's rustls connector needs a process-wide provider; another test may have set it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kc = Kubeconfig::read_from(server.kubeconfig_path())?;
+        let client = Client::try_from(
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?,
+        )?;
+        Ok(Self {
+            dir,
+            server,
+            client,
+            stop,
+            controllers,
+        })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.controllers.await;
+        drop(self.client);
+        self.server.shutdown().await;
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true, failing after `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+           "controller": true, "blockOwnerDeletion": true})
+}
+
+/// A Deployment `web` with ReplicaSet `web-1` and pods `web-1-a`, `web-1-b`, chained by
+/// ownerReferences as the deployment and replica set controllers would make them.
+pub async fn deployment_tree(client: &Client, ns: &str) -> Result<(Deployment, ReplicaSet)> {
+    let pp = PostParams::default();
+    let labels = json!({"app": "web"});
+    let template = json!({"metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
+    }))?;
+    let d = deploys.create(&pp, &d).await?;
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": labels,
+            "ownerReferences": [owner_ref("Deployment", "apps/v1", "web", &d.uid().unwrap())]},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
+    }))?;
+    let rs = rss.create(&pp, &rs).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for suffix in ["a", "b"] {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-1-{suffix}"), "labels": labels,
+                "ownerReferences": [owner_ref("ReplicaSet", "apps/v1", "web-1", &rs.uid().unwrap())]},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+        }))?;
+        pods.create(&pp, &p).await?;
+    }
+    Ok((d, rs))
+}
