@@ -105,13 +105,74 @@ pub fn set_resource_version(v: &mut Value, rv: Revision) {
     }
 }
 
-/// The stored bytes of `v`: without `metadata.resourceVersion`.
+/// The start of every object [`encode`] writes: `metadata` comes first, so that reads can
+/// put the resourceVersion in without parsing the object ([`write_object`]).
+const STORED_PREFIX: &[u8] = b"{\"metadata\":{";
+
+/// The stored bytes of `v`: JSON without `metadata.resourceVersion`, with `metadata` as the
+/// first member (see [`write_object`]).
 pub fn encode(v: &Value) -> Vec<u8> {
-    let mut v = v.clone();
-    if let Some(m) = metadata_mut(&mut v) {
-        m.remove("resourceVersion");
+    let Some(obj) = v.as_object() else {
+        return serde_json::to_vec(v).unwrap_or_default();
+    };
+    let mut out = Vec::with_capacity(512);
+    out.push(b'{');
+    let mut first = true;
+    let mut member = |out: &mut Vec<u8>, k: &str, val: &dyn Fn(&mut Vec<u8>)| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        // Keys and values are serialized by serde_json, so escaping is its own.
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        val(out);
+    };
+    match obj.get("metadata") {
+        Some(Value::Object(md)) => member(&mut out, "metadata", &|out| {
+            out.push(b'{');
+            let mut first_md = true;
+            for (k, v) in md.iter().filter(|(k, _)| *k != "resourceVersion") {
+                if !std::mem::take(&mut first_md) {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            out.push(b'}');
+        }),
+        Some(other) => member(&mut out, "metadata", &|out| {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }),
+        None => {}
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    for (k, v) in obj.iter().filter(|(k, _)| *k != "metadata") {
+        member(&mut out, k, &|out| {
+            let _ = serde_json::to_writer(&mut *out, v);
+        });
+    }
+    out.push(b'}');
+    out
+}
+
+/// Appends the JSON of a stored object with `metadata.resourceVersion` set to `rv`, as
+/// [`decode`] then serializing would, but without parsing when the bytes have the layout
+/// [`encode`] writes (objects stored by older versions are parsed).
+pub fn write_object(out: &mut Vec<u8>, stored: &[u8], rv: Revision) {
+    if let Some(rest) = stored.strip_prefix(STORED_PREFIX) {
+        out.extend_from_slice(STORED_PREFIX);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(rv.to_string().as_bytes());
+        out.push(b'"');
+        if !rest.starts_with(b"}") {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        return;
+    }
+    let mut v: Value = serde_json::from_slice(stored).unwrap_or_else(|_| Value::Object(Map::new()));
+    set_resource_version(&mut v, rv);
+    let _ = serde_json::to_writer(out, &v);
 }
 
 /// `metadata` as a mutable map, created if missing (`None` when `v` is not an object).
@@ -219,5 +280,54 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert_eq!(random_suffix(5).len(), 5);
+    }
+
+    fn kv(value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key: b"/registry/core/configmaps/default/a".to_vec(),
+            value,
+            create_revision: 1,
+            mod_revision: 7,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn stored_objects_put_metadata_first_and_read_back_without_parsing() {
+        let cases = [
+            serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
+                "data": {"k\"ey": "v\n\u{1F600}", "metadata": "{\"metadata\":{"},
+                "metadata": {"name": "a", "resourceVersion": "3", "labels": {"x": "y"}}}),
+            serde_json::json!({"kind": "ConfigMap", "metadata": {"resourceVersion": "3"}}),
+            serde_json::json!({"kind": "ConfigMap", "metadata": {}}),
+            serde_json::json!({"kind": "ConfigMap"}),
+            serde_json::json!({"metadata": 5, "z": [1, 2]}),
+        ];
+        for obj in cases {
+            let stored = encode(&obj);
+            let parsed: Value = serde_json::from_slice(&stored).unwrap();
+            let mut without = obj.clone();
+            if let Some(m) = without.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            assert_eq!(parsed, without, "{}", String::from_utf8_lossy(&stored));
+            let mut out = Vec::new();
+            write_object(&mut out, &stored, 7);
+            let read: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                read,
+                decode(&kv(stored), 7),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        // Objects stored in the older layout (serde_json's key order) are parsed.
+        let legacy = br#"{"apiVersion":"v1","metadata":{"name":"a"}}"#.to_vec();
+        let mut out = Vec::new();
+        write_object(&mut out, &legacy, 9);
+        let read: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(read["metadata"]["resourceVersion"], "9");
+        assert_eq!(read["metadata"]["name"], "a");
     }
 }

@@ -6,6 +6,7 @@ mod discovery;
 mod fieldvalidation;
 mod health;
 mod openapi;
+mod pods;
 pub mod resources;
 mod reviews;
 mod scale;
@@ -205,6 +206,17 @@ async fn method_not_allowed() -> Response {
 /// A JSON response with `Content-Type: application/json`.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     json_response_as(status, body, "application/json")
+}
+
+/// A response of already serialized JSON with `Content-Type: application/json`.
+pub fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// A JSON response with the given content type (e.g. the aggregated discovery type).

@@ -19,7 +19,7 @@ use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest};
 use serde_json::{Map, Value, json};
 
 use super::fieldvalidation as fv;
-use super::{ApiState, body, json_response, status_response};
+use super::{ApiState, body, json_bytes_response, json_response, status_response};
 use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
 
 #[path = "delete.rs"]
@@ -80,7 +80,10 @@ pub fn parse_path(path: &str) -> Option<Option<Target>> {
         match &t.subresource {
             Some(s)
                 if t.resource.subresource(s).is_none()
-                    || !matches!(s.as_str(), "status" | "scale" | "finalize") =>
+                    || !matches!(
+                        s.as_str(),
+                        "status" | "scale" | "finalize" | "binding" | "eviction"
+                    ) =>
             {
                 None
             }
@@ -235,6 +238,18 @@ async fn handle_inner(
         };
         let (status, scale) = super::scale::handle(&ctx.state, req).await?;
         return Ok(json_response(status, &scale));
+    }
+    if super::pods::is_pod_action(ctx.r, target.subresource.as_deref()) {
+        let action = super::pods::PodAction {
+            subresource: target.subresource.as_deref().unwrap_or_default(),
+            namespace: ctx.ns.as_deref().unwrap_or_default(),
+            name: target.name.as_deref().unwrap_or_default(),
+            method: &method,
+            content_type: &content_type,
+            body: &body,
+            dry_run: ctx.dry_run(),
+        };
+        return super::pods::handle(&ctx.state, action).await;
     }
     let status_sub = target.subresource.is_some();
     if target.subresource.as_deref() == Some("finalize") && method != Method::PUT {
@@ -707,6 +722,11 @@ impl Selectors {
         Ok(Self { r, label, field })
     }
 
+    /// Whether both select everything (then no object needs to be looked into).
+    pub fn is_everything(&self) -> bool {
+        self.label.is_everything() && self.field.requirements().is_empty()
+    }
+
     /// Whether `obj` matches both.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels: BTreeMap<String, String> = obj
@@ -753,7 +773,10 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
             .filter(|c| !c.is_empty())
             .map(str::to_owned),
     };
-    let mut items: Vec<Value> = Vec::new();
+    // Objects are only parsed when a selector needs to look into them; the answer is written
+    // from the stored bytes.
+    let everything = sel.is_everything();
+    let mut items: Vec<Arc<KeyValue>> = Vec::new();
     let (revision, cont) = loop {
         let page = match (rv, exact, &opts.continue_token) {
             (Some(rv), true, None) => match cache.list_exact(rv, &opts).await {
@@ -766,10 +789,9 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
             _ => cache.list(&opts).await,
         }
         .map_err(storage::cache_error)?;
-        for kv in &page.items {
-            let obj = decode(kv, kv.mod_revision);
-            if sel.matches(&obj) {
-                items.push(obj);
+        for kv in page.items {
+            if everything || sel.matches(&decode(&kv, kv.mod_revision)) {
+                items.push(kv);
             }
         }
         match page.continue_token {
@@ -798,16 +820,16 @@ async fn list_from_store(
         .map_err(storage::store_error)?;
     let items = resp
         .kvs
-        .iter()
-        .map(|kv| decode(kv, kv.mod_revision))
-        .filter(|o| sel.matches(o))
+        .into_iter()
+        .filter(|kv| sel.is_everything() || sel.matches(&decode(kv, kv.mod_revision)))
+        .map(Arc::new)
         .collect();
     list_response(ctx, items, rv, None)
 }
 
 fn list_response(
     ctx: &Ctx,
-    items: Vec<Value>,
+    items: Vec<Arc<KeyValue>>,
     revision: i64,
     cont: Option<String>,
 ) -> Result<Response, ApiError> {
@@ -815,7 +837,8 @@ fn list_response(
         let mut o = ctx.table_options();
         o.resource_version = Some(revision.to_string());
         o.continue_token = cont;
-        let refs: Vec<&Value> = items.iter().collect();
+        let objs: Vec<Value> = items.iter().map(|kv| decode(kv, kv.mod_revision)).collect();
+        let refs: Vec<&Value> = objs.iter().collect();
         return Ok(json_response(StatusCode::OK, &table_for(ctx.r, &refs, &o)));
     }
     let mut metadata = Map::new();
@@ -823,13 +846,24 @@ fn list_response(
     if let Some(c) = cont {
         metadata.insert("continue".into(), c.into());
     }
-    let body = json!({
+    let head = json!({
         "kind": ctx.r.list_kind(),
         "apiVersion": ctx.r.api_version(),
         "metadata": metadata,
-        "items": items,
     });
-    Ok(json_response(StatusCode::OK, &body))
+    let size: usize = items.iter().map(|kv| kv.value.len() + 40).sum();
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    out.reserve(size + 16);
+    out.pop(); // the closing brace: the items follow
+    out.extend_from_slice(b",\"items\":[");
+    for (i, kv) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        storage::write_object(&mut out, &kv.value, kv.mod_revision);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_bytes_response(StatusCode::OK, out))
 }
 
 /// Creates the built-in namespaces and the `default/kubernetes` Service if absent.

@@ -63,14 +63,16 @@ pub async fn watch(
     if send_initial == Some("true") && rv.is_none() {
         opts = opts.with_initial_events_end();
     }
-    let fsel = sel.clone();
-    opts = opts.with_filter(move |ev: &CacheEvent| {
-        fsel.matches(&decode(&ev.kv, ev.revision))
-            || ev
-                .prev
-                .as_ref()
-                .is_some_and(|p| fsel.matches(&decode(p, p.mod_revision)))
-    });
+    if !sel.is_everything() {
+        let fsel = sel.clone();
+        opts = opts.with_filter(move |ev: &CacheEvent| {
+            fsel.matches(&decode(&ev.kv, ev.revision))
+                || ev
+                    .prev
+                    .as_ref()
+                    .is_some_and(|p| fsel.matches(&decode(p, p.mod_revision)))
+        });
+    }
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -110,8 +112,8 @@ pub async fn watch(
                     }
                 }
                 Ok(item) => {
-                    if let Some(ev) = st.convert(item) {
-                        return Some((Ok(line(&ev)), st));
+                    if let Some(line) = st.convert(item) {
+                        return Some((Ok(line), st));
                     }
                 }
             }
@@ -149,12 +151,28 @@ impl Stream {
         }})
     }
 
-    fn convert(&mut self, item: WatchItem) -> Option<Value> {
+    /// The event line for `item`, if this watcher gets one.
+    fn convert(&mut self, item: WatchItem) -> Option<Bytes> {
         let ev = match item {
-            WatchItem::Bookmark(rv) => return Some(self.bookmark(rv, false)),
-            WatchItem::InitialEventsEnd(rv) => return Some(self.bookmark(rv, true)),
+            WatchItem::Bookmark(rv) => return Some(line(&self.bookmark(rv, false))),
+            WatchItem::InitialEventsEnd(rv) => return Some(line(&self.bookmark(rv, true))),
             WatchItem::Event(ev) => ev,
         };
+        if !self.table && self.sel.is_everything() {
+            // The common case (informers): the line is written from the stored bytes.
+            let kind: &[u8] = match ev.kind {
+                CacheEventKind::Added => b"ADDED",
+                CacheEventKind::Modified => b"MODIFIED",
+                CacheEventKind::Deleted => b"DELETED",
+            };
+            let mut out = Vec::with_capacity(ev.kv.value.len() + 96);
+            out.extend_from_slice(b"{\"type\":\"");
+            out.extend_from_slice(kind);
+            out.extend_from_slice(b"\",\"object\":");
+            storage::write_object(&mut out, &ev.kv.value, ev.revision);
+            out.extend_from_slice(b"}\n");
+            return Some(Bytes::from(out));
+        }
         let cur = decode(&ev.kv, ev.revision);
         let prev = ev.prev.as_ref().map(|p| decode(p, ev.revision));
         let cur_ok = self.sel.matches(&cur);
@@ -176,6 +194,6 @@ impl Stream {
         } else {
             obj
         };
-        Some(json!({"type": kind, "object": obj}))
+        Some(line(&json!({"type": kind, "object": obj})))
     }
 }

@@ -106,6 +106,31 @@ impl Harness {
         Ok(resp)
     }
 
+    /// One admin request over HTTP/1.1 with an optional body of media type `content_type`;
+    /// the status code and the body as JSON (`Null` when it is not JSON).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let headers: &[(&str, &str)] = if bytes.is_empty() {
+            &[]
+        } else {
+            &[("content-type", content_type)]
+        };
+        let resp = self
+            .send(Some(&self.admin), false, method, path, headers, bytes)
+            .await?;
+        let reply = Reply::read(resp).await?;
+        Ok((
+            reply.status.as_u16(),
+            serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+        ))
+    }
+
     /// An HTTP/1.1 `GET` without a body.
     pub async fn get(&self, cert: Option<&IssuedCert>, path: &str) -> Result<Reply> {
         Reply::read(
