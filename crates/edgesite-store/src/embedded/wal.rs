@@ -104,8 +104,19 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts the log over, once redb holds everything in it durably.
+    /// Starts the log over, once redb holds everything in it durably. The file keeps its
+    /// blocks: later appends overwrite them, so their `fdatasync` writes data only, where
+    /// growing the file would also commit the file system's journal for the new size each
+    /// time. What lies past the new records is harmless: those records are no newer than the
+    /// checkpoint (skipped on replay), and their sequence numbers do not follow the new ones
+    /// (reading stops there); a zeroed or torn region fails its length or checksum.
     pub(crate) fn reset(&mut self) -> std::io::Result<()> {
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Empties the file, when the store closes with everything checkpointed.
+    pub(crate) fn discard(&mut self) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.len = 0;
         Ok(())
@@ -500,5 +511,31 @@ mod tests {
         wal.append(&sample(9).1).unwrap();
         assert_eq!(read(&path).unwrap().len(), 1);
         assert_eq!(Wal::path_for(Path::new("/d/db")), Path::new("/d/db.wal"));
+    }
+
+    #[test]
+    fn a_restarted_log_reuses_its_blocks_and_never_reads_the_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.wal");
+        let mut wal = Wal::open_empty(path.clone()).unwrap();
+        for seq in 1..=5 {
+            wal.append(&sample(seq).1).unwrap();
+        }
+        let size = std::fs::metadata(&path).unwrap().len();
+        // A checkpoint: the file keeps its size, new records overwrite the old ones from the
+        // start, and reading stops where the old generation's records begin.
+        wal.reset().unwrap();
+        let (r6, b6) = sample(6);
+        wal.append(&b6).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        assert_eq!(read(&path).unwrap(), vec![r6]);
+        // Right after a checkpoint, before any new record, only old records are there: they
+        // are all at or below the checkpoint, which replay skips.
+        wal.reset().unwrap();
+        assert!(read(&path).unwrap().iter().all(|r| r.seq <= 6));
+        // Zeroed space (a file extended by the file system) ends the log too.
+        wal.discard().unwrap();
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        assert!(read(&path).unwrap().is_empty());
     }
 }

@@ -227,6 +227,11 @@ impl Writer {
                 if !batch.is_empty() || self.dirty {
                     self.commit_batch(batch, 0, true);
                 }
+                if !self.dirty {
+                    // Everything is in a durable checkpoint: a cleanly closed store leaves
+                    // an empty log.
+                    let _ = self.wal.discard();
+                }
                 return;
             }
             if last_sample.elapsed() >= Duration::from_secs(1) {
