@@ -851,19 +851,52 @@ fn list_response(
         "apiVersion": ctx.r.api_version(),
         "metadata": metadata,
     });
-    let size: usize = items.iter().map(|kv| kv.value.len() + 40).sum();
-    let mut out = serde_json::to_vec(&head).unwrap_or_default();
-    out.reserve(size + 16);
-    out.pop(); // the closing brace: the items follow
-    out.extend_from_slice(b",\"items\":[");
+    let mut head = serde_json::to_vec(&head).unwrap_or_default();
+    head.pop(); // the closing brace: the items follow
+    head.extend_from_slice(b",\"items\":[");
+    if items.len() <= LIST_CHUNK {
+        let size: usize = items.iter().map(|kv| kv.value.len() + 40).sum();
+        head.reserve(size + 2);
+        write_items(&mut head, &items, 0);
+        head.extend_from_slice(b"]}");
+        return Ok(json_bytes_response(StatusCode::OK, head));
+    }
+    // A long list is streamed in chunks as it is written: the first bytes leave at once and
+    // the server never holds the whole answer (10k pods are ~36 MiB of JSON).
+    let items: Arc<[Arc<KeyValue>]> = items.into();
+    let n = items.len();
+    let chunks = (0..n).step_by(LIST_CHUNK).map(move |start| {
+        let part = &items[start..(start + LIST_CHUNK).min(n)];
+        let size: usize = part.iter().map(|kv| kv.value.len() + 40).sum();
+        let mut out = Vec::with_capacity(size + 2);
+        write_items(&mut out, part, start);
+        if start + LIST_CHUNK >= n {
+            out.extend_from_slice(b"]}");
+        }
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(out))
+    });
+    let body =
+        futures::stream::iter(std::iter::once(Ok(axum::body::Bytes::from(head))).chain(chunks));
+    let mut resp = Response::new(axum::body::Body::from_stream(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// Items per chunk of a streamed list.
+const LIST_CHUNK: usize = 256;
+
+/// Appends the JSON of `items`, comma-separated; `first_index` is the position of the first
+/// of them in the whole list (every item after the list's first is preceded by a comma).
+fn write_items(out: &mut Vec<u8>, items: &[Arc<KeyValue>], first_index: usize) {
     for (i, kv) in items.iter().enumerate() {
-        if i > 0 {
+        if first_index + i > 0 {
             out.push(b',');
         }
-        storage::write_object(&mut out, &kv.value, kv.mod_revision);
+        storage::write_object(out, &kv.value, kv.mod_revision);
     }
-    out.extend_from_slice(b"]}");
-    Ok(json_bytes_response(StatusCode::OK, out))
 }
 
 /// Creates the built-in namespaces and the `default/kubernetes` Service if absent.
