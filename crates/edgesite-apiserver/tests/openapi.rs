@@ -443,6 +443,37 @@ async fn kubectl_apply_create_and_explain_use_openapi() -> Result<()> {
     assert_eq!(ports(&containers[1]), [(9090, None)]);
     assert_eq!(got["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
 
+    // diff after an edit: a server-side dry run shows the change, exit code 1, and the live
+    // object is unchanged; without an edit there is no diff (exit code 0).
+    let before = ok(&k(s(&["get", "deploy", "web", "-o", "json"])).await?, "get")?;
+    let f3 = write("deploy3.yaml", &DEPLOY_YAML.replace("IMAGE", "1.29"))?;
+    let out = k(s(&["diff", "-f", &f3])).await?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kubectl diff finds a difference"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("-        image: nginx:1.28") && text.contains("+        image: nginx:1.29"),
+        "{text}"
+    );
+    let after = ok(&k(s(&["get", "deploy", "web", "-o", "json"])).await?, "get")?;
+    let (before, after): (Value, Value) = (
+        serde_json::from_str(&before)?,
+        serde_json::from_str(&after)?,
+    );
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        after["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.28"
+    );
+    let out = k(s(&["diff", "-f", &f2])).await?;
+    assert_eq!(out.status.code(), Some(0), "no diff for the applied file");
+
     // An unknown field is refused by the server (kubectl asks for Strict validation) and
     // nothing is stored.
     let bad = DEPLOY_YAML
