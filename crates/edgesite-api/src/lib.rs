@@ -15,4 +15,5 @@ pub mod registry;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod time;
 pub mod validation;

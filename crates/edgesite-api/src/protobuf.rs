@@ -41,6 +41,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
+use crate::time::civil_from_days;
+
 use wire::{Reader, WireType, WireValue};
 
 /// The four bytes every Kubernetes protobuf body starts with.
@@ -764,20 +766,6 @@ fn time(buf: &[u8], kind: Special) -> Result<(Value, Zero)> {
         format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
     };
     Ok((Value::String(s), Zero::No))
-}
-
-/// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days.saturating_add(719_468);
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe.saturating_add(era.saturating_mul(400)) + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Go's `time.Duration.String()`: `1h2m3.5s`, `1.5ms`, `0s`.

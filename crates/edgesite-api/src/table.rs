@@ -12,6 +12,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::registry::ResourceInfo;
+use crate::time::days_from_civil;
 
 /// What each row's `object` carries (`?includeObject=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -518,17 +519,6 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     };
     let days = days_from_civil(year, month, day);
     Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Upstream's `HumanDuration`: a short, rounded-down rendering of `seconds` whose precision

@@ -3,17 +3,13 @@
 //! real kubectl (`apply --server-side`, pruning, `--force-conflicts`). Fails, never skips, when
 //! kubectl is missing.
 
-use std::path::Path;
-use std::process::Output;
-
 use anyhow::{Context as _, Result, ensure};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 mod support;
-use support::Harness;
+use support::{Harness, kubectl};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
 const APPLY: &str = "application/apply-patch+yaml";
@@ -302,26 +298,6 @@ async fn server_side_apply_over_https() -> Result<()> {
 
     h.server.shutdown().await;
     Ok(())
-}
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 #[tokio::test]

@@ -3,7 +3,6 @@
 //! (also through the real kubectl, which fails the test when missing), and `/metrics`.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -14,7 +13,7 @@ use hyper::body::Bytes;
 use serde_json::{Value, json};
 
 mod support;
-use support::{Harness, Reply};
+use support::{Harness, Reply, kubectl};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 const ALICE_TOKEN: &str = "alice-token-abcdef";
@@ -304,28 +303,6 @@ async fn self_subject_access_review_asks_the_authorizer() -> Result<()> {
     assert_nothing_stored(&h, "/registry/authorization.k8s.io/").await?;
     h.server.shutdown().await;
     Ok(())
-}
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 /// A kubeconfig for `server` that authenticates with `token` alone (no client certificate).

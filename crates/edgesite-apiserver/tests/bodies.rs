@@ -3,16 +3,14 @@
 //! the real kubectl 1.32, whose `create` subcommands send protobuf.
 
 use std::path::Path;
-use std::process::Output;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 
 mod support;
-use support::{Harness, Reply};
+use support::{Harness, Reply, kubectl};
 
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// A tiny protobuf writer for the test bodies.
 #[derive(Default)]
@@ -244,29 +242,6 @@ async fn malformed_bodies_are_400_and_store_nothing() -> Result<()> {
     }
     h.server.shutdown().await;
     Ok(())
-}
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    ensure!(
-        Path::new(KUBECTL).exists(),
-        "{KUBECTL} is missing: this test needs the real kubectl"
-    );
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 async fn kubectl_ok(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {

@@ -1,36 +1,13 @@
 //! The real kubectl (`/usr/bin/kubectl`, the gcloud dispatcher that asks `/version` first)
 //! against the in-process server. Fails, never skips, when kubectl is missing.
 
-use std::path::Path;
 use std::process::Output;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 mod support;
-use support::Harness;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
+use support::{Harness, kubectl};
 
 #[tokio::test]
 async fn kubectl_version_and_api_resources() -> Result<()> {

@@ -2,7 +2,6 @@
 //! OpenAPI schemas, and the real kubectl's `apply`, `create -f` and `explain`, which need them.
 //! Fails, never skips, when kubectl is missing.
 
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -13,9 +12,7 @@ use hyper::body::Bytes;
 use serde_json::{Value, json};
 
 mod support;
-use support::{Harness, Reply};
-
-const KUBECTL: &str = "/usr/bin/kubectl";
+use support::{Harness, Reply, kubectl};
 
 /// A reply with its `Warning` and `Cache-Control` headers.
 struct Full {
@@ -326,26 +323,6 @@ async fn field_validation_strict_warn_and_ignore() -> Result<()> {
     assert_eq!(ports(&containers[1]), [(9090, None)]);
     h.server.shutdown().await;
     Ok(())
-}
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 const DEPLOY_YAML: &str = "\

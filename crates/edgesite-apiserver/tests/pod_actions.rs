@@ -1,17 +1,14 @@
 //! The pod actions: `pods/binding` (how a scheduler assigns a node) and `pods/eviction` (how
 //! `kubectl drain` removes pods), over HTTPS and with the real kubectl.
 
-use std::path::Path;
-
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
 mod support;
-use support::Harness;
+use support::{Harness, kubectl};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const JSON: &str = "application/json";
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 fn pod(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
@@ -174,26 +171,6 @@ async fn binding_assigns_once_and_eviction_deletes() -> Result<()> {
         .await?;
     assert_eq!(code, 404);
     Ok(())
-}
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<std::process::Output> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 /// `kubectl cordon` and `kubectl drain` (protobuf evictions) empty a node of its pods.

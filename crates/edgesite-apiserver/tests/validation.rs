@@ -3,17 +3,12 @@
 //! the real kubectl prints the familiar `is invalid:` message. Fails, never skips, when
 //! kubectl is missing.
 
-use std::path::Path;
-use std::process::Output;
-
 use anyhow::{Context as _, Result, ensure};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 mod support;
-use support::Harness;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
+use support::{Harness, kubectl};
 
 /// One admin request with a JSON body; the status code and the decoded body.
 async fn call(
@@ -329,26 +324,6 @@ async fn invalid_names_are_refused() -> Result<()> {
     );
     h.server.shutdown().await;
     Ok(())
-}
-
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = tokio::process::Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    println!(
-        "$ kubectl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 #[tokio::test]

@@ -170,6 +170,38 @@ impl Reply {
     }
 }
 
+/// The machine's kubectl (the gcloud dispatcher, which picks the kubectl matching the server).
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// Runs the real kubectl against `kubeconfig` with `HOME` at `home` (a fresh discovery cache per
+/// test) and prints the command and its output. Fails, never skips, when kubectl is missing.
+pub async fn kubectl(
+    home: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> Result<std::process::Output> {
+    anyhow::ensure!(
+        Path::new(KUBECTL).exists(),
+        "{KUBECTL} is missing: this test needs the real kubectl"
+    );
+    let out = tokio::process::Command::new(KUBECTL)
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {KUBECTL}: {e}"))?;
+    println!(
+        "$ kubectl {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
 /// A client trusting only `ca_pem`, presenting `cert` if given, offering `h2` or `http/1.1`.
 pub fn tls_connector(ca_pem: &str, cert: Option<&IssuedCert>, h2: bool) -> Result<TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
