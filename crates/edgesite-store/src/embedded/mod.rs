@@ -57,6 +57,9 @@ impl Default for CompactionPolicy {
     }
 }
 
+/// Batches of events kept in memory for live watchers.
+const EVENT_RING_BATCHES: usize = 128;
+
 /// Settings of the embedded engine.
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
@@ -294,7 +297,9 @@ impl EmbeddedStore {
             }
         };
         let db = Arc::new(db);
-        let (events, _) = broadcast::channel(1024);
+        // Recent batches for live watchers; one that falls further behind catches up from
+        // disk. Each batch holds its values, so the ring is kept short.
+        let (events, _) = broadcast::channel(EVENT_RING_BATCHES);
         let (closed, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db.clone())),
