@@ -483,3 +483,100 @@ async fn watch_events_in_order_and_too_old() -> Result<()> {
     h.server.shutdown().await;
     Ok(())
 }
+
+/// A watch with a label selector sees objects enter the selection as ADDED and leave it as
+/// DELETED, as upstream's watch cache reports selector transitions; and a list at an exact
+/// past resourceVersion shows the state of that revision.
+#[tokio::test]
+async fn selector_transitions_and_exact_lists() -> Result<()> {
+    let h = Harness::start().await?;
+    let (_, first) = h
+        .call("POST", CMS, Some(cm("in", json!({"app": "web"}))))
+        .await?;
+    let rv_first = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = h
+        .admin_send(
+            "GET",
+            &format!("{CMS}?watch=true&labelSelector=app%3Dweb&resourceVersion={rv_first}"),
+            "",
+            None,
+            None,
+        )
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    // Outside the selection: no event. Then it moves in (ADDED), the first one moves out
+    // (DELETED), and a change inside the selection is MODIFIED.
+    let (code, _) = h
+        .call("POST", CMS, Some(cm("out", json!({"app": "db"}))))
+        .await?;
+    assert_eq!(code, 201);
+    relabel(&h, "out", "web").await?;
+    relabel(&h, "in", "db").await?;
+    relabel(&h, "out", "web").await?; // unchanged: no new revision, no event
+    let (code, _) = h
+        .call_ct(
+            "PATCH",
+            &format!("{CMS}/out"),
+            "application/merge-patch+json",
+            Some(json!({"data": {"k": "v"}})),
+        )
+        .await?;
+    assert_eq!(code, 200);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ev = next_line(&mut body, &mut buf).await?.expect("event");
+        seen.push(format!(
+            "{} {} {}",
+            ev["type"].as_str().unwrap(),
+            ev["object"]["metadata"]["name"].as_str().unwrap(),
+            ev["object"]["metadata"]["labels"]["app"].as_str().unwrap()
+        ));
+    }
+    // Leaving the selection is DELETED with the object as it was while it matched (with the
+    // new resourceVersion), as upstream's cacher sends it.
+    assert_eq!(seen, ["ADDED out web", "DELETED in web", "MODIFIED out web"]);
+    drop(body);
+
+    // Exact: the list at the first revision has only `in`, labelled web.
+    let (code, l) = h
+        .call(
+            "GET",
+            &format!("{CMS}?resourceVersion={rv_first}&resourceVersionMatch=Exact"),
+            None,
+        )
+        .await?;
+    assert_eq!(code, 200, "{l}");
+    assert_eq!(l["metadata"]["resourceVersion"], rv_first.as_str());
+    let items = l["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{l}");
+    assert_eq!(items[0]["metadata"]["labels"]["app"], "web");
+    // NotOlderThan a future revision waits, then answers 504-style Timeout.
+    let (code, s) = h
+        .call(
+            "GET",
+            &format!("{CMS}?resourceVersion=999999&resourceVersionMatch=NotOlderThan"),
+            None,
+        )
+        .await?;
+    assert_eq!((code, s["reason"].as_str()), (504, Some("Timeout")), "{s}");
+    h.server.shutdown().await;
+    Ok(())
+}
+
+async fn relabel(h: &Harness, name: &str, app: &str) -> Result<()> {
+    let (code, v) = h
+        .call_ct(
+            "PATCH",
+            &format!("{CMS}/{name}"),
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"labels": {"app": app}}})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    Ok(())
+}
