@@ -207,6 +207,12 @@ impl Server {
 
         let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
         let ready_after = started.elapsed();
+        // The OpenAPI documents and the protobuf table are parsed on first use (~10 ms in a
+        // release build); do it now, off the request path, so the first write does not wait.
+        tokio::task::spawn_blocking(|| {
+            edgesite_api::openapi::OpenApi::get();
+            let _ = edgesite_api::protobuf::message_for("v1", "ConfigMap");
+        });
         info!(
             address = %local_addr,
             kubeconfig = %kubeconfig_path.display(),
