@@ -539,7 +539,10 @@ async fn selector_transitions_and_exact_lists() -> Result<()> {
     }
     // Leaving the selection is DELETED with the object as it was while it matched (with the
     // new resourceVersion), as upstream's cacher sends it.
-    assert_eq!(seen, ["ADDED out web", "DELETED in web", "MODIFIED out web"]);
+    assert_eq!(
+        seen,
+        ["ADDED out web", "DELETED in web", "MODIFIED out web"]
+    );
     drop(body);
 
     // Exact: the list at the first revision has only `in`, labelled web.
