@@ -23,6 +23,25 @@ enum Command {
     Version,
     /// Run the control plane: the Kubernetes API server over HTTPS.
     Server(ServerArgs),
+    /// Register hollow nodes for scale tests: simulated nodes that heartbeat their Leases and
+    /// report the pods bound to them as Running and Ready, without running containers.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Kubeconfig of the cluster (e.g. DATA_DIR/admin.kubeconfig).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// How many nodes to simulate.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Node names are PREFIX-0, PREFIX-1, ...
+    #[arg(long, default_value = "hollow")]
+    prefix: String,
+    /// Seconds between two Lease renewals of a node.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,12 +80,34 @@ fn main() -> anyhow::Result<()> {
             println!("edgesite {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(server(args)),
+        Command::Server(args) => runtime()?.block_on(server(args)),
+        Command::Sim(args) => runtime()?.block_on(sim(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn sim(args: SimArgs) -> anyhow::Result<()> {
+    // kube's rustls connector needs the process-wide crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("cannot read the kubeconfig {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("invalid kubeconfig")?;
+    let client = kube::Client::try_from(config).context("cannot build a client")?;
+    let mut sim = edgesite_sim::SimConfig::new(args.nodes, args.prefix);
+    sim.heartbeat = std::time::Duration::from_secs(args.heartbeat_seconds.max(1));
+    edgesite_sim::run(client, sim, shutdown_signal()).await?;
+    Ok(())
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {

@@ -191,3 +191,72 @@ fn edgesite_server_rejects_a_bad_datastore_url() -> Result<()> {
     assert!(stderr.contains("invalid --datastore"), "{stderr}");
     Ok(())
 }
+
+/// `edgesite sim` against a running `edgesite server`: the hollow nodes show up Ready in
+/// `kubectl get nodes`, and a pod bound to one of them is reported Running.
+#[test]
+fn edgesite_sim_registers_hollow_nodes_that_run_pods() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let kubeconfig = data.join("admin.kubeconfig");
+    let log = dir.path().join("server.log");
+    let (server, _) = start(&data, &log)?;
+    let sim = Command::new(env!("CARGO_BIN_EXE_edgesite"))
+        .args([
+            "sim",
+            "--nodes",
+            "2",
+            "--prefix",
+            "edge",
+            "--heartbeat-seconds",
+            "1",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("sim.log"))?)
+        .spawn()
+        .context("cannot start edgesite sim")?;
+    let _sim = Running { child: sim };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = kubectl(home.path(), &kubeconfig, &["get", "nodes", "--no-headers"])?;
+        let ready = nodes
+            .lines()
+            .filter(|l| l.starts_with("edge-") && l.split_whitespace().nth(1) == Some("Ready"))
+            .count();
+        if ready == 2 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "hollow nodes not Ready:\n{nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pod = dir.path().join("pod.json");
+    std::fs::write(
+        &pod,
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+            "spec":{"nodeName":"edge-1","containers":[{"name":"c","image":"busybox"}]}}"#,
+    )?;
+    kubectl(
+        home.path(),
+        &kubeconfig,
+        &["create", "-f", pod.to_str().context("path")?],
+    )?;
+    loop {
+        let phase = kubectl(
+            home.path(),
+            &kubeconfig,
+            &["get", "pod", "p", "-o", "jsonpath={.status.phase}"],
+        )?;
+        if phase == "Running" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the pod never ran: {phase}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    terminate(server, &log)
+}
