@@ -243,9 +243,12 @@ async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
 async fn heartbeat_loop(client: Client, names: Vec<String>, every: Duration) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let gap = every / u32::try_from(names.len().max(1)).unwrap_or(u32::MAX);
+    // A fixed cadence: the time a renewal takes does not stretch the round.
+    let mut tick = tokio::time::interval(gap.max(Duration::from_micros(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for name in &names {
-            tokio::time::sleep(gap).await;
+            tick.tick().await;
             if let Err(err) = renew(&leases, name).await {
                 debug!(node = %name, %err, "lease renewal failed; retried next round");
             }
