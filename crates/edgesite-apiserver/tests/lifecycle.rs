@@ -9,7 +9,7 @@ use hyper::body::Bytes;
 use serde_json::{Value, json};
 
 mod support;
-use support::{Harness, Reply};
+use support::Harness;
 
 async fn call(
     h: &Harness,
@@ -17,17 +17,12 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<(StatusCode, Value)> {
-    let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let headers: &[(&str, &str)] = if bytes.is_empty() {
-        &[]
-    } else {
-        &[("content-type", "application/json")]
-    };
-    let resp = h
-        .send(Some(&h.admin), false, method, path, headers, bytes)
+    let (code, v) = h
+        .request(method, path, "application/json", body.as_ref())
         .await?;
-    let reply = Reply::read(resp).await?;
-    Ok((reply.status, reply.json()))
+    // Every answer is JSON (an object or a Status).
+    anyhow::ensure!(!v.is_null(), "{method} {path}: the answer is not JSON");
+    Ok((StatusCode::from_u16(code)?, v))
 }
 
 async fn create(h: &Harness, path: &str, obj: Value) -> Result<Value> {

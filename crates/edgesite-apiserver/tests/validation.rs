@@ -4,7 +4,6 @@
 //! kubectl is missing.
 
 use anyhow::{Context as _, Result, ensure};
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 mod support;
@@ -18,20 +17,7 @@ async fn call(
     ct: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value)> {
-    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let resp = h
-        .send(
-            Some(&h.admin),
-            false,
-            method,
-            path,
-            &[("content-type", ct)],
-            bytes,
-        )
-        .await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    h.request(method, path, ct, body.as_ref()).await
 }
 
 async fn json_call(

@@ -11,6 +11,31 @@ use edgesite_api::status::ApiError;
 use edgesite_api::{decode, protobuf};
 use serde_json::{Value, json};
 
+/// The largest request body accepted (upstream: 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The request's media type alone, lower-case, without parameters (`""` when absent).
+pub fn media_type(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a whole request body; `413` once it passes [`MAX_BODY`].
+pub async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::request_entity_too_large(format!("limit is {MAX_BODY}")))
+}
+
 /// The media types [`decode_object`] and [`decode_delete_options`] accept.
 pub const OBJECT_MEDIA_TYPES: &[&str] = &[
     "application/json",

@@ -28,9 +28,6 @@ pub mod delete;
 #[path = "apply.rs"]
 mod apply;
 
-/// The largest request body accepted (upstream: 3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024;
-
 /// A request for a resource, parsed from its path.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -199,18 +196,7 @@ async fn handle_inner(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("as=Table"));
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let content_type = body::media_type(req.headers());
     let method = req.method().clone();
     let manager = apply::manager_for(&method, &content_type, &query, req.headers());
     let ctx = Ctx {
@@ -221,9 +207,7 @@ async fn handle_inner(
         table,
         manager,
     };
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|_| ApiError::request_entity_too_large(format!("limit is {MAX_BODY}")))?;
+    let body = body::read_body(req.into_body()).await?;
     if target.subresource.as_deref() == Some("scale") {
         let name = target.name.as_deref().unwrap_or_default();
         let req = super::scale::ScaleRequest {
@@ -397,7 +381,7 @@ async fn handle_inner(
 }
 
 /// `apiVersion` and `kind` must match the resource (filled in when absent).
-fn check_type(r: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+pub(super) fn check_type(r: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
     let api_version = r.api_version();
     let m = obj
         .as_object_mut()

@@ -5,19 +5,16 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use edgesite_api::registry::ResourceInfo;
 use edgesite_api::status::{ApiError, Cause};
 use serde_json::{Map, Value, json};
 
-use super::resources::Target;
+use super::resources::{Target, check_type};
 use super::{ApiState, body, json_response, status_response};
 use crate::authn::Identity;
 use crate::authz::{Decision, RequestAttributes, ResourceAttributes};
-
-/// The largest review body accepted (as every request body: 3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Whether `target` is a review resource this module answers (instead of the generic
 /// handlers, which would store it).
@@ -63,21 +60,8 @@ async fn handle_inner(
         .get::<Identity>()
         .cloned()
         .unwrap_or_else(Identity::anonymous);
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|_| ApiError::request_entity_too_large(format!("limit is {MAX_BODY}")))?;
+    let content_type = body::media_type(req.headers());
+    let bytes = body::read_body(req.into_body()).await?;
     let mut obj = body::decode_object(&content_type, &bytes)?;
     check_type(r, &mut obj)?;
     let out = match r.plural {
@@ -85,28 +69,6 @@ async fn handle_inner(
         _ => self_subject_review(r, &identity, obj),
     };
     Ok(json_response(StatusCode::CREATED, &out))
-}
-
-/// `apiVersion` and `kind`, when given, must be the review's.
-fn check_type(r: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
-    let api_version = r.api_version();
-    let m = obj
-        .as_object_mut()
-        .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
-    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", r.kind)] {
-        match m.get(field).and_then(Value::as_str) {
-            None | Some("") => {
-                m.insert(field.into(), want.into());
-            }
-            Some(got) if got == want => {}
-            Some(got) => {
-                return Err(ApiError::bad_request(format!(
-                    "the {field} of the provided object ({got}) does not match the resource ({want})"
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The response metadata: what the client sent (reviews have no name), with
