@@ -134,9 +134,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let client =
         server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controllers = tokio::spawn(edgesite_controllers::run_all(client, async move {
-        let _ = stopped.await;
-    }));
+    let controllers = tokio::spawn(edgesite_controllers::run_all(
+        client,
+        edgesite_controllers::Config::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     shutdown_signal().await;
     let _ = stop.send(());
     let _ = controllers.await;

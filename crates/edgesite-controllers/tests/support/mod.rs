@@ -29,22 +29,31 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Result<Self> {
+        Self::start_with(edgesite_controllers::Config::default()).await
+    }
+
+    /// Starts the server and the controllers with `config` (e.g. a manual clock).
+    pub async fn start_with(config: edgesite_controllers::Config) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut config = ServerConfig::new(dir.path());
-        config.bind_address = "127.0.0.1".parse()?;
-        config.secure_port = 0;
-        config.pki = PkiOptions {
+        let mut server_config = ServerConfig::new(dir.path());
+        server_config.bind_address = "127.0.0.1".parse()?;
+        server_config.secure_port = 0;
+        server_config.pki = PkiOptions {
             hostname: Some("edge-test".to_owned()),
             extra_sans: Vec::new(),
             include_interface_ips: false,
         };
-        let server = Server::start(config).await?;
+        let server = Server::start(server_config).await?;
         let in_process =
             server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
         let (stop, stopped) = oneshot::channel::<()>();
-        let controllers = tokio::spawn(edgesite_controllers::run_all(in_process, async move {
-            let _ = stopped.await;
-        }));
+        let controllers = tokio::spawn(edgesite_controllers::run_all(
+            in_process,
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         // kube's rustls connector needs a process-wide provider; another test may have set it.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let kc = Kubeconfig::read_from(server.kubeconfig_path())?;
