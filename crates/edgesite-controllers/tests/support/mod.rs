@@ -69,11 +69,60 @@ impl Cluster {
         })
     }
 
+    /// Registers `n` hollow nodes `{prefix}-0..n` (edgesite-sim) that heartbeat every
+    /// `heartbeat` and run the pods bound to them; they stop with the returned handle.
+    pub async fn hollow_nodes(
+        &self,
+        n: usize,
+        prefix: &str,
+        heartbeat: Duration,
+    ) -> Result<HollowNodes> {
+        let mut config = edgesite_sim::SimConfig::new(n, prefix);
+        config.heartbeat = heartbeat;
+        let client = self.client.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(err) = edgesite_sim::run(client, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                eprintln!("hollow nodes failed: {err}");
+            }
+        });
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let want: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        eventually(30, "hollow nodes registered", || async {
+            for name in &want {
+                if nodes.get_opt(name).await?.is_none() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await?;
+        Ok(HollowNodes { stop, task })
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.controllers.await;
         drop(self.client);
         self.server.shutdown().await;
+    }
+}
+
+/// Running hollow nodes; [`HollowNodes::stop`] ends their heartbeats and pod handling (the
+/// nodes stay registered, as a node that lost power would).
+pub struct HollowNodes {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl HollowNodes {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
     }
 }
 
