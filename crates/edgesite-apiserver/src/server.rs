@@ -54,6 +54,12 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Static bearer tokens (kube-apiserver's `--token-auth-file` CSV format), if any.
     pub token_auth_file: Option<PathBuf>,
+    /// Where Services get their cluster IPs (`--service-cluster-ip-range`); the first address
+    /// goes to `default/kubernetes`.
+    pub service_cidr: crate::allocator::Ipv4Cidr,
+    /// Where NodePort and LoadBalancer Services get their node ports
+    /// (`--service-node-port-range`).
+    pub node_port_range: std::ops::RangeInclusive<u16>,
 }
 
 impl ServerConfig {
@@ -70,6 +76,8 @@ impl ServerConfig {
             build_date: "1970-01-01T00:00:00Z".to_owned(),
             shutdown_timeout: Duration::from_secs(15),
             token_auth_file: None,
+            service_cidr: crate::allocator::Ipv4Cidr::default(),
+            node_port_range: 30000..=32767,
         }
     }
 
@@ -126,6 +134,8 @@ pub struct Server {
     app: Router,
     shutdown_tx: watch::Sender<bool>,
     accept_loop: JoinHandle<()>,
+    service_repair: JoinHandle<()>,
+    ca_cert_pem: String,
 }
 
 impl Server {
@@ -185,6 +195,11 @@ impl Server {
 
         let state = Arc::new(ApiState {
             storage: crate::storage::Storage::new(store.clone()),
+            services: crate::allocator::ServiceAllocator::new(
+                store.clone(),
+                config.service_cidr,
+                config.node_port_range.clone(),
+            ),
             store,
             server_address: client_addr.to_string(),
             version: discovery::version_info(&config.git_commit, &config.build_date),
@@ -192,6 +207,11 @@ impl Server {
             authorizer: Arc::new(MastersAuthorizer),
             shutting_down: AtomicBool::new(false),
         });
+        // Before anything is served: Services whose allocation keys were lost in a crash get
+        // them back, so no new Service can be handed their address.
+        if let Err(err) = state.services.repair(SERVICE_REPAIR_GRACE).await {
+            warn!(%err, "cannot repair the service allocations");
+        }
         if let Err(err) = crate::handlers::resources::seed(&state, local_addr.port()).await {
             warn!(%err, "cannot seed the built-in objects");
         }
@@ -205,6 +225,10 @@ impl Server {
             config.shutdown_timeout,
         ));
 
+        let service_repair = tokio::spawn(repair_services_periodically(
+            state.clone(),
+            shutdown_tx.subscribe(),
+        ));
         let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
         let ready_after = started.elapsed();
         // The OpenAPI documents and the protobuf table are parsed on first use (~10 ms in a
@@ -231,6 +255,8 @@ impl Server {
             app,
             shutdown_tx,
             accept_loop,
+            service_repair,
+            ca_cert_pem: pki.ca_cert_pem().to_owned(),
         })
     }
 
@@ -252,6 +278,21 @@ impl Server {
     /// How long [`Server::start`] took, from entry to the kubeconfig being written.
     pub fn ready_after(&self) -> Duration {
         self.ready_after
+    }
+
+    /// The cluster CA certificate (PEM): what the `kube-root-ca.crt` ConfigMaps carry.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    /// Runs one repair pass over the Service allocations now (it also runs at start and
+    /// every few minutes): keys no Service holds and older than `grace` are released, and
+    /// addresses and ports Services hold without a key get one.
+    pub async fn repair_service_allocations(
+        &self,
+        grace: Duration,
+    ) -> Result<crate::allocator::RepairReport, edgesite_store::Error> {
+        self.state.services.repair(grace).await
     }
 
     /// The store the server uses.
@@ -291,11 +332,30 @@ impl Server {
         if let Err(err) = self.accept_loop.await {
             warn!(%err, "accept loop ended abnormally");
         }
+        let _ = self.service_repair.await;
         // The embedded store joins its writer thread on drop: do that off the async threads.
         // The router (kept for in-process clients) holds the state too.
         let (state, app) = (self.state, self.app);
         let _ = tokio::task::spawn_blocking(move || drop((app, state))).await;
         info!("shut down");
+    }
+}
+
+/// How often the Service allocations are repaired while the server runs.
+const SERVICE_REPAIR_INTERVAL: Duration = Duration::from_secs(300);
+/// How old an allocation no Service holds must be before a repair releases it: younger ones
+/// may belong to a create in flight on this or another server sharing the datastore.
+const SERVICE_REPAIR_GRACE: Duration = Duration::from_secs(60);
+
+async fn repair_services_periodically(state: Arc<ApiState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(SERVICE_REPAIR_INTERVAL) => {}
+        }
+        if let Err(err) = state.services.repair(SERVICE_REPAIR_GRACE).await {
+            warn!(%err, "cannot repair the service allocations");
+        }
     }
 }
 

@@ -202,6 +202,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(resp.revision)
     }
 
+    /// The store's current revision: every write acknowledged before this call is at or
+    /// below it. What a consistent read from a cache waits for.
+    async fn current_revision(&self) -> Result<Revision> {
+        // One key that never exists: the answer's header carries the revision.
+        let resp = self
+            .range(
+                RangeRequest::new(KeyRange::Key(b"/edgesite/revision-probe".to_vec())).count_only(),
+            )
+            .await?;
+        Ok(resp.revision)
+    }
+
+    /// Asks every watch that wants progress notifications to send one as soon as it has
+    /// passed `revision` (at once if it has), instead of at its next periodic tick; lets a
+    /// cache fed by a watch on an idle prefix prove it is current. Returns false when the
+    /// backend cannot do that (callers then read the store instead of waiting).
+    async fn request_progress(&self, _revision: Revision) -> bool {
+        false
+    }
+
     /// The number of live keys under a prefix, at the current revision.
     async fn count(&self, prefix: &[u8]) -> Result<u64> {
         let resp = self

@@ -1711,6 +1711,30 @@ async fn watch_with_progress_notify_still_delivers_events(s: Arc<dyn Store>) {
     assert_eq!(events, expected);
 }
 
+/// `current_revision` names the last write; a watch on an idle prefix confirms a requested
+/// revision at once when the backend takes progress requests (long before its periodic
+/// notification), which is what lets a cache serve consistent lists.
+async fn requested_progress_confirms_an_idle_prefix(s: Arc<dyn Store>) {
+    let s = &*s;
+    let mut stream = watch(
+        s,
+        WatchRequest::new(KeyRange::prefix(b("/idle/"))).with_progress_notify(),
+    )
+    .await;
+    let rev = put(s, "/busy/a", "v").await;
+    assert_eq!(s.current_revision().await.unwrap(), rev);
+    if !s.request_progress(rev).await {
+        return; // The backend declines: its callers read the store instead.
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .expect("no progress notification within 1 s of the request")
+        .expect("watch ended")
+        .expect("watch failed");
+    assert!(resp.events.is_empty(), "{resp:?}");
+    assert!(resp.revision >= rev, "{} < {rev}", resp.revision);
+}
+
 // ------------------------------------------------------------------------------------------
 // Leases
 // ------------------------------------------------------------------------------------------
@@ -2368,6 +2392,7 @@ conformance!(
     watch_replaying_long_history_under_concurrent_writes_has_no_seam,
     watch_slow_consumer_still_receives_every_event,
     watch_with_progress_notify_still_delivers_events,
+    requested_progress_confirms_an_idle_prefix,
     // leases
     lease_grant_and_time_to_live,
     keys_of_an_expired_lease_are_deleted_and_watchers_told,

@@ -518,6 +518,7 @@ pub async fn delete_object(
                 }
                 match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
                     Ok(_) => {
+                        state.services.release(r, &current).await;
                         return Ok(Deleted {
                             object: current,
                             removed: true,

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Object storage (watch caches) for the resource handlers.
     pub storage: crate::storage::Storage,
+    /// Service cluster IP and node port allocation.
+    pub services: crate::allocator::ServiceAllocator,
     /// `host:port` clients should use, reported by `GET /api`.
     pub server_address: String,
     /// The `/version` body, computed once.

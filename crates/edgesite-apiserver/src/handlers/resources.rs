@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::fieldvalidation as fv;
 use super::{ApiState, body, json_bytes_response, json_response, status_response};
+use crate::allocator::{Claims, ServiceAllocator};
 use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
 
 #[path = "delete.rs"]
@@ -478,17 +479,21 @@ pub async fn create_object(
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &name, causes));
         }
+        let claims = state.services.admit_create(r, &mut obj, dry_run).await?;
         if dry_run {
             return Ok(obj);
         }
         let key = registry::storage_key(r, ns, &name)
             .ok_or_else(|| ApiError::bad_request(format!("invalid name {name:?}")))?;
-        match state
+        let created = state
             .storage
             .store
             .create(key.as_bytes(), encode(&obj), 0)
-            .await
-        {
+            .await;
+        if created.is_err() {
+            state.services.rollback(claims).await;
+        }
+        match created {
             Ok(rev) => {
                 set_resource_version(&mut obj, rev);
                 return Ok(obj);
@@ -628,6 +633,9 @@ async fn update_loop(
             ));
         }
         let mut prepared = prepare_update(ctx.r, &current, new, status_sub);
+        if !status_sub {
+            ServiceAllocator::drop_type_dependent_fields(ctx.r, &current, &mut prepared);
+        }
         apply::record_update(ctx, &current, &mut prepared, status_sub);
         let causes = if status_sub {
             validation::validate_status_update(ctx.r, &current, &prepared)
@@ -637,6 +645,14 @@ async fn update_loop(
         if !causes.is_empty() {
             return Err(ApiError::invalid(ctx.r, name, causes));
         }
+        let claims = if status_sub {
+            Claims::default()
+        } else {
+            let services = &ctx.state.services;
+            services
+                .admit_update(ctx.r, &current, &mut prepared, ctx.dry_run())
+                .await?
+        };
         if ctx.dry_run() {
             set_resource_version(&mut prepared, kv.mod_revision);
             return Ok(prepared);
@@ -649,8 +665,12 @@ async fn update_loop(
             && finalizers_empty(&prepared)
             && !delete::namespace_spec_finalizers_pending(&prepared)
         {
-            match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
+            let deleted = store.delete(key.as_bytes(), Some(kv.mod_revision)).await;
+            let services = &ctx.state.services;
+            services.rollback(claims).await;
+            match deleted {
                 Ok((_, rev)) => {
+                    services.release(ctx.r, &current).await;
                     set_resource_version(&mut prepared, rev);
                     return Ok(prepared);
                 }
@@ -659,16 +679,21 @@ async fn update_loop(
                 Err(e) => return Err(storage::store_error(e)),
             }
         }
-        match store
+        let updated = store
             .update(key.as_bytes(), encode(&prepared), kv.mod_revision, 0)
-            .await
-        {
+            .await;
+        let services = &ctx.state.services;
+        match updated {
             Ok(rev) => {
+                services.release_replaced(ctx.r, &current, &prepared).await;
                 set_resource_version(&mut prepared, rev);
                 return Ok(prepared);
             }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(storage::store_error(e)),
+            Err(StoreError::Conflict { .. }) => services.rollback(claims).await,
+            Err(e) => {
+                services.rollback(claims).await;
+                return Err(storage::store_error(e));
+            }
         }
     }
     Err(ApiError::conflict_with(
@@ -741,8 +766,24 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
             .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         None => 0,
     };
+    // resourceVersion unset: a consistent read, which must see every write made before it
+    // (controllers count what they created from it); served from the cache once the cache has
+    // caught up with the store's current revision. "0": whatever the cache holds.
     let rv: Option<i64> = match ctx.param("resourceVersion") {
-        None | Some("") | Some("0") => None,
+        Some("0") => None,
+        None | Some("") if ctx.param("continue").is_none_or(str::is_empty) => {
+            let store = &ctx.state.storage.store;
+            let current = store
+                .current_revision()
+                .await
+                .map_err(storage::store_error)?;
+            if cache.revision() < current && !store.request_progress(current).await {
+                // The cache cannot be asked to prove it is current: read the store.
+                return list_from_store(ctx, &sel, &key_prefix, current).await;
+            }
+            Some(current)
+        }
+        None | Some("") => None,
         Some(s) => Some(
             s.parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
@@ -894,12 +935,24 @@ pub async fn seed(state: &ApiState, secure_port: u16) -> Result<(), ApiError> {
         }
     }
     let svc = registry::lookup("", "v1", "services").expect("services");
+    // Another server sharing the datastore may have seeded it (and holds its IP) already.
+    let key = registry::storage_key(svc, Some("default"), "kubernetes").expect("a valid key");
+    let existing = state
+        .storage
+        .store
+        .get(key.as_bytes())
+        .await
+        .map_err(storage::store_error)?;
+    if existing.is_some() {
+        return Ok(());
+    }
+    let first_ip = state.services.cidr().first_host().to_string();
     let obj = json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {
             "type": "ClusterIP",
-            "clusterIP": "10.43.0.1",
-            "clusterIPs": ["10.43.0.1"],
+            "clusterIP": first_ip,
+            "clusterIPs": [first_ip],
             "ipFamilies": ["IPv4"],
             "ipFamilyPolicy": "SingleStack",
             "internalTrafficPolicy": "Cluster",

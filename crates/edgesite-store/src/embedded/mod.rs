@@ -119,6 +119,9 @@ pub(crate) struct Shared {
     pub closed: tokio::sync::watch::Sender<bool>,
     pub path: PathBuf,
     pub progress_interval: Duration,
+    /// The highest revision a caller asked watches to confirm they have reached
+    /// ([`Store::request_progress`]).
+    pub progress_requests: tokio::sync::watch::Sender<Revision>,
 }
 
 impl Shared {
@@ -310,6 +313,7 @@ impl EmbeddedStore {
             closed,
             path: config.path.clone(),
             progress_interval: config.progress_notify_interval,
+            progress_requests: tokio::sync::watch::Sender::new(0),
         });
         for (id, ttl) in &recovered.leases {
             shared.leases.granted(*id, *ttl);
@@ -415,6 +419,17 @@ impl Store for EmbeddedStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         self.call(|reply| Command::Compact(revision, reply)).await
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.shared.revision.load(Ordering::Acquire))
+    }
+
+    async fn request_progress(&self, revision: Revision) -> bool {
+        self.shared
+            .progress_requests
+            .send_modify(|r| *r = (*r).max(revision));
+        true
     }
 
     async fn status(&self) -> Result<StoreStatus> {

@@ -53,6 +53,10 @@ async fn run(
     }
     let mut progress = tokio::time::interval(shared.progress_interval);
     progress.reset();
+    // A revision someone waits for this watch to confirm (0: none).
+    let mut requests = shared.progress_requests.subscribe();
+    requests.borrow_and_update();
+    let mut wanted: Revision = 0;
     'catch_up: loop {
         // Replay from disk until the snapshot's revision.
         loop {
@@ -83,24 +87,42 @@ async fn run(
         }
         // Then follow the writer.
         loop {
+            if wanted > 0 && next > wanted {
+                wanted = 0;
+                let notice = WatchResponse {
+                    events: Vec::new(),
+                    revision: next - 1,
+                };
+                if tx.send(Ok(notice)).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
                 batch = live.recv() => match batch {
                     Ok(batch) => {
-                        if batch.revision < next {
-                            continue;
-                        }
-                        let events = select_events(&req, &batch.events, next);
-                        next = batch.revision + 1;
-                        if !events.is_empty() {
-                            progress.reset();
-                            if tx.send(Ok(WatchResponse { events, revision: batch.revision })).await.is_err() {
-                                return;
-                            }
+                        if !forward(&req, &batch, &mut next, &mut progress, &tx).await {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                Ok(()) = requests.changed(), if req.progress_notify => {
+                    wanted = wanted.max(*requests.borrow_and_update());
+                    // Take in what was already published before answering.
+                    loop {
+                        match live.try_recv() {
+                            Ok(batch) => {
+                                if !forward(&req, &batch, &mut next, &mut progress, &tx).await {
+                                    return;
+                                }
+                            }
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => continue 'catch_up,
+                            Err(broadcast::error::TryRecvError::Closed) => return,
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                        }
+                    }
+                }
                 _ = progress.tick(), if req.progress_notify => {
                     let notice = WatchResponse { events: Vec::new(), revision: next - 1 };
                     if tx.send(Ok(notice)).await.is_err() {
@@ -112,6 +134,32 @@ async fn run(
             }
         }
     }
+}
+
+/// Sends the events of a live batch this watch wants and moves `next` past it; false once
+/// the receiver is gone.
+async fn forward(
+    req: &WatchRequest,
+    batch: &Batch,
+    next: &mut Revision,
+    progress: &mut tokio::time::Interval,
+    tx: &Out,
+) -> bool {
+    if batch.revision < *next {
+        return true;
+    }
+    let events = select_events(req, &batch.events, *next);
+    *next = batch.revision + 1;
+    if events.is_empty() {
+        return true;
+    }
+    progress.reset();
+    tx.send(Ok(WatchResponse {
+        events,
+        revision: batch.revision,
+    }))
+    .await
+    .is_ok()
 }
 
 /// One chunk of replay from `next`: the events, the last revision covered, and the revision of
