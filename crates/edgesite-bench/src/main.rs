@@ -11,11 +11,15 @@
 //! cargo run --release -p edgesite-bench            # full run (about 10 minutes)
 //! cargo run --release -p edgesite-bench -- --quick # smaller counts (about 2 minutes)
 //! cargo run --release -p edgesite-bench -- --only server [--quick]  # API server only
+//! cargo run --release -p edgesite-bench -- --only cluster [--quick] # scheduler, controllers, hollow nodes
+//! cargo run --release -p edgesite-bench -- --only scheduling [--quick] # scheduler throughput, in-process
 //! ```
 
 mod backend;
+mod cluster;
 mod machine;
 mod report;
+mod scheduling;
 mod server;
 mod workload;
 
@@ -117,6 +121,11 @@ enum Only {
     Etcd,
     /// the API server's figures (all `server-*` figures)
     Server,
+    /// the cluster figures of issue 4 (all `cluster-*` figures: scheduler, controllers,
+    /// hollow nodes)
+    Cluster,
+    /// the scheduler throughput figure (in-process server, 1000 hollow nodes, 10k pods)
+    Scheduling,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,6 +150,12 @@ enum FigureKind {
     ServerWatch,
     /// API server: release binary size
     ServerBinary,
+    /// cluster: Deployment of 100 replicas -> all Ready on 100 hollow nodes
+    ClusterRollout,
+    /// cluster: server RSS and CPU with 1000 hollow nodes heartbeating every 10 s
+    ClusterIdle,
+    /// scheduler: 10k pending pods bound on 1000 hollow nodes, pods/s
+    Scheduling,
 }
 
 impl FigureKind {
@@ -159,8 +174,10 @@ impl FigureKind {
         Self::ServerBinary,
     ];
 
+    const CLUSTER: [Self; 2] = [Self::ClusterRollout, Self::ClusterIdle];
+
     fn is_server(self) -> bool {
-        Self::SERVER.contains(&self)
+        Self::SERVER.contains(&self) || Self::CLUSTER.contains(&self) || self == Self::Scheduling
     }
 }
 
@@ -191,12 +208,14 @@ impl Settings {
             backends: match cli.only {
                 Some(Only::Embedded) => vec![Kind::Embedded],
                 Some(Only::Etcd) => vec![Kind::Etcd],
-                Some(Only::Server) => vec![],
+                Some(Only::Server | Only::Cluster | Only::Scheduling) => vec![],
                 None => vec![Kind::Embedded, Kind::Etcd],
             },
             figures: match (cli.figures.is_empty(), cli.only) {
                 (false, _) => cli.figures.clone(),
                 (true, Some(Only::Server)) => FigureKind::SERVER.to_vec(),
+                (true, Some(Only::Cluster)) => FigureKind::CLUSTER.to_vec(),
+                (true, Some(Only::Scheduling)) => vec![FigureKind::Scheduling],
                 (true, Some(_)) => FigureKind::STORE.to_vec(),
                 (true, None) => [FigureKind::STORE, FigureKind::SERVER].concat(),
             },
@@ -230,6 +249,19 @@ impl Settings {
                 list: has(FigureKind::ServerList),
                 watch: has(FigureKind::ServerWatch),
                 binary: has(FigureKind::ServerBinary),
+                edgesite_bin: self.edgesite_bin.clone(),
+            })
+    }
+
+    fn cluster_plan(&self) -> Option<cluster::Plan> {
+        let has = |k: FigureKind| self.figures.contains(&k);
+        FigureKind::CLUSTER
+            .iter()
+            .any(|&k| has(k))
+            .then(|| cluster::Plan {
+                quick: self.quick,
+                rollout: has(FigureKind::ClusterRollout),
+                idle: has(FigureKind::ClusterIdle),
                 edgesite_bin: self.edgesite_bin.clone(),
             })
     }
@@ -403,7 +435,10 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             | FigureKind::ServerCreates
             | FigureKind::ServerList
             | FigureKind::ServerWatch
-            | FigureKind::ServerBinary => {}
+            | FigureKind::ServerBinary
+            | FigureKind::ClusterRollout
+            | FigureKind::ClusterIdle
+            | FigureKind::Scheduling => {}
         }
     }
     if let Some(plan) = ctx.settings.server_plan() {
@@ -413,6 +448,21 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
         };
         let outcome = server::run(&plan, ctx.data.path(), &progress).await;
         ctx.failures += outcome.failures;
+    }
+    if let Some(plan) = ctx.settings.cluster_plan() {
+        let started = ctx.started;
+        let progress = |msg: String| {
+            eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+        };
+        let outcome = cluster::run(&plan, ctx.data.path(), &progress).await;
+        ctx.failures += outcome.failures;
+    }
+    if ctx.settings.figures.contains(&FigureKind::Scheduling) {
+        let started = ctx.started;
+        let progress = |msg: String| {
+            eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+        };
+        ctx.failures += scheduling::run(ctx.data.path(), ctx.settings.quick, &progress).await;
     }
     report::note(&format!(
         "load average {} (1/5/15 min) at the end",

@@ -130,10 +130,12 @@ impl Counts {
 
 /// How a server figure reads.
 #[derive(Debug, Clone, Copy)]
-enum Unit {
+pub(crate) enum Unit {
     Millis,
     MiB,
     PerSec,
+    /// Per cent (of one core, for CPU figures).
+    Percent,
 }
 
 impl Unit {
@@ -144,13 +146,14 @@ impl Unit {
             Self::Millis => format!("{v:.0} ms"),
             Self::MiB => format!("{v:.1} MiB"),
             Self::PerSec => format!("{v:.0}/s"),
+            Self::Percent => format!("{v:.1} %"),
         }
     }
 }
 
 /// A goal, in the figure's unit.
 #[derive(Debug, Clone, Copy)]
-enum Goal {
+pub(crate) enum Goal {
     /// Below this value; the text says it as the brief does (e.g. `< 20 MB`).
     Below(f64, &'static str),
     /// At least this value.
@@ -173,7 +176,7 @@ impl Goal {
 }
 
 /// MB (10^6 bytes, as the goals are written) in MiB, the unit the figures print.
-fn mb(n: f64) -> f64 {
+pub(crate) fn mb(n: f64) -> f64 {
     n * 1e6 / 1_048_576.0
 }
 
@@ -192,11 +195,11 @@ fn figure_line(label: &str, value: Option<f64>, unit: Unit, goal: Option<Goal>) 
     line
 }
 
-fn figure(label: &str, value: Option<f64>, unit: Unit, goal: Option<Goal>) {
+pub(crate) fn figure(label: &str, value: Option<f64>, unit: Unit, goal: Option<Goal>) {
     println!("{}", figure_line(label, value, unit, goal));
 }
 
-fn note(text: &str) {
+pub(crate) fn note(text: &str) {
     println!("  note: {text}");
 }
 
@@ -279,7 +282,7 @@ pub async fn run(plan: &Plan, base: &Path, progress: &dyn Fn(String)) -> Outcome
 }
 
 /// `cargo build --release -p edgesite` in this workspace; returns the executable it reports.
-fn build_release_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn build_release_binary() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = std::process::Command::new(cargo)
@@ -474,7 +477,7 @@ impl ServerProcess {
 
 /// User + system CPU seconds of a process (`None`: this one) so far, from `/proc/<pid>/stat`
 /// (fields 14 and 15, in clock ticks of 1/100 s, Linux's `USER_HZ`).
-fn cpu_seconds(pid: Option<u32>) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> anyhow::Result<f64> {
     let path = pid.map_or_else(
         || "/proc/self/stat".to_string(),
         |p| format!("/proc/{p}/stat"),

@@ -384,6 +384,22 @@ impl Collector {
             debug!(object = %node.name, dangling = dangling.len(), "dropping owner references");
             return self.patch_owner_references(node, &refs).await;
         }
+        // The graph's copy may predate a change to the owners (our own orphaning patch, say):
+        // decide again on the live object, and delete only that exact version.
+        let api = dynamic_api(&self.client, node.r, node.namespace.as_deref());
+        let Some(live) = api.get_opt(&node.name).await? else {
+            return Ok(());
+        };
+        let Some(live) = Node::from_object(node.r, &live) else {
+            return Ok(());
+        };
+        if live.uid != node.uid {
+            return Ok(());
+        }
+        if live.owners != node.owners {
+            return Box::pin(self.attempt_to_delete(&live)).await;
+        }
+        let node = &live;
         let policy = if node.has_finalizer(FINALIZER_ORPHAN) {
             PropagationPolicy::Orphan
         } else if !waiting.is_empty() {
@@ -398,7 +414,8 @@ impl Collector {
             ?policy,
             "deleting object whose owners are gone"
         );
-        self.delete(node, policy).await
+        self.delete(node, policy, Some(&node.resource_version))
+            .await
     }
 
     async fn owner_state(&mut self, node: &Node, o: &OwnerReference) -> Result<OwnerState, Error> {
@@ -497,7 +514,7 @@ impl Collector {
             }
             if !d.deleting {
                 let policy = self.graph.cascade_policy(&d);
-                self.delete(&d, policy).await?;
+                self.delete(&d, policy, None).await?;
             }
         }
         if blocking == 0 {
@@ -506,12 +523,18 @@ impl Collector {
         Ok(())
     }
 
-    async fn delete(&self, node: &Node, policy: PropagationPolicy) -> Result<(), Error> {
+    /// Deletes `node` (that uid; and that `version` if given) with `policy`.
+    async fn delete(
+        &self,
+        node: &Node,
+        policy: PropagationPolicy,
+        version: Option<&str>,
+    ) -> Result<(), Error> {
         let dp = DeleteParams {
             propagation_policy: Some(policy),
             preconditions: Some(Preconditions {
                 uid: Some(node.uid.clone()),
-                resource_version: None,
+                resource_version: version.map(str::to_owned),
             }),
             ..DeleteParams::default()
         };

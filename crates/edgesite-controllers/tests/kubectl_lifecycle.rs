@@ -2,76 +2,13 @@
 //! against an in-process server running the controllers. Fails, never skips, when kubectl
 //! is missing.
 
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, ensure};
 
 mod support;
+use support::kubectl::{KUBECTL, Kubectl};
 use support::{Cluster, deployment_tree, eventually};
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-struct Kubectl {
-    home: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Kubectl {
-    fn new(c: &Cluster) -> Result<Self> {
-        ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-        Ok(Self {
-            home: tempfile::tempdir()?,
-            kubeconfig: c.server.kubeconfig_path().to_owned(),
-        })
-    }
-
-    /// Runs kubectl; a command that hangs (a wait that never ends) fails the test.
-    async fn run(&self, args: &[&str]) -> Result<Output> {
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(KUBECTL)
-                .env("HOME", self.home.path())
-                .env_remove("KUBECONFIG")
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .args(args)
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .with_context(|| format!("kubectl {} did not return", args.join(" ")))?
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-        println!(
-            "$ kubectl {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
-    }
-
-    /// Runs kubectl and returns stdout, failing on a non-zero exit.
-    async fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args).await?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
-    }
-
-    /// Writes `json` to a file in HOME and returns its path.
-    fn file(&self, name: &str, json: &str) -> Result<String> {
-        let p = self.home.path().join(name);
-        std::fs::write(&p, json)?;
-        Ok(p.to_str().context("utf-8 path")?.to_owned())
-    }
-}
 
 #[tokio::test]
 async fn kubectl_cascading_deletes() -> Result<()> {

@@ -6,20 +6,40 @@
 //!
 //! It talks to the API server like any client, through kube-rs. It is a test tool: a real
 //! node's code path never goes through it.
+//!
+//! # Pods that finish
+//!
+//! A pod with `restartPolicy: Always` (the default) runs until it is deleted. A pod with
+//! `restartPolicy: Never` or `OnFailure` runs for a simulated time and then its containers
+//! "exit", steered by two annotations on the pod (read when it starts):
+//!
+//! - [`RUN_SECONDS_ANNOTATION`] (`sim.edgesite.io/run-seconds`, default `1`, fractions
+//!   allowed): how long the containers run.
+//! - [`EXIT_CODE_ANNOTATION`] (`sim.edgesite.io/exit-code`, default `0`): the exit code.
+//!
+//! Exit code 0 ends the pod `Succeeded` (containers `terminated` with reason `Completed`,
+//! conditions `Ready`/`ContainersReady` False with reason `PodCompleted`). A non-zero code N
+//! ends a `Never` pod `Failed` (reason `Error`, exit code N). An `OnFailure` pod never ends
+//! `Failed`: as a kubelet restarts the container in place, the pod stays `Running`, each
+//! container's `restartCount` goes up by one with `lastState.terminated` carrying exit code N,
+//! and the next run fails the same way after the same time (no crash-loop back-off is
+//! simulated). A pod that is being deleted is not finished, only removed.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// The field manager of everything the simulator writes.
@@ -27,6 +47,16 @@ pub const FIELD_MANAGER: &str = "edgesite-sim";
 
 /// The kubelet version hollow nodes report.
 pub const KUBELET_VERSION: &str = "v1.32.4-hollow";
+
+/// Pod annotation: how many seconds (fractions allowed) the containers of a pod with
+/// `restartPolicy: Never` or `OnFailure` run before they exit; default 1.
+pub const RUN_SECONDS_ANNOTATION: &str = "sim.edgesite.io/run-seconds";
+
+/// Pod annotation: the exit code of the containers of a pod that finishes; default 0.
+pub const EXIT_CODE_ANNOTATION: &str = "sim.edgesite.io/exit-code";
+
+/// How long the containers of a finishing pod run without [`RUN_SECONDS_ANNOTATION`].
+pub const DEFAULT_RUN: Duration = Duration::from_secs(1);
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -256,44 +286,138 @@ async fn heartbeat_loop(client: Client, names: Vec<String>, every: Duration) {
     }
 }
 
-/// Follows the pods bound to the hollow nodes: reports new ones running and ready, and
-/// finishes the deletion of the ones being deleted.
+/// What the pod loop shares between its events and the timers of finishing pods.
+#[derive(Debug)]
+struct PodServer {
+    /// Pods across all namespaces.
+    pods: Api<Pod>,
+    /// The hollow nodes' names.
+    ours: Arc<HashSet<String>>,
+    /// Hands out pod addresses.
+    ips: AtomicU32,
+    /// Uids of the pods whose containers have a pending exit.
+    timed: Mutex<HashSet<String>>,
+    /// Where pending exits are queued.
+    runs: mpsc::UnboundedSender<Run>,
+    /// How many exits may be reported at once.
+    concurrency: usize,
+}
+
+/// A pending container exit: the pod `namespace/name` with `uid` finishes at `due`.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Run {
+    due: tokio::time::Instant,
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl PodServer {
+    fn api(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.pods.clone().into_client(), ns)
+    }
+
+    /// Queues the exit of `pod`'s containers `after` from now, unless one is queued already.
+    fn time(&self, pod: &Pod, after: Duration) {
+        let Some(uid) = pod.uid() else { return };
+        let fresh = self
+            .timed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.clone());
+        if fresh {
+            let _ = self.runs.send(Run {
+                due: tokio::time::Instant::now() + after,
+                namespace: pod.namespace().unwrap_or_default(),
+                name: pod.name_any(),
+                uid,
+            });
+        }
+    }
+
+    fn untime(&self, uid: &str) {
+        self.timed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+}
+
+/// Follows the pods bound to the hollow nodes: reports new ones running and ready, finishes
+/// the ones that run to completion, and finishes the deletion of the ones being deleted.
 async fn pod_loop(client: Client, ours: Arc<HashSet<String>>, concurrency: usize) {
-    let pods: Api<Pod> = Api::all(client);
-    let ips = Arc::new(AtomicU32::new(0));
+    let (runs, queued) = mpsc::unbounded_channel();
+    let server = Arc::new(PodServer {
+        pods: Api::all(client),
+        ours,
+        ips: AtomicU32::new(0),
+        timed: Mutex::new(HashSet::new()),
+        runs,
+        concurrency,
+    });
     let config = watcher::Config::default().fields("spec.nodeName!=");
-    let stream = watcher(pods.clone(), config)
+    let stream = watcher(server.pods.clone(), config)
         .default_backoff()
         .applied_objects();
     let served = stream.try_for_each_concurrent(concurrency, |pod| {
-        let (pods, ours, ips) = (pods.clone(), ours.clone(), ips.clone());
+        let server = server.clone();
         async move {
-            if let Err(err) = serve_pod(&pods, &ours, &ips, &pod).await {
+            if let Err(err) = serve_pod(&server, &pod).await {
                 debug!(pod = %pod.name_any(), %err, "pod update failed; retried on its next event");
             }
             Ok(())
         }
     });
-    if let Err(err) = served.await {
-        warn!(%err, "the pod watch ended");
+    tokio::select! {
+        res = served => if let Err(err) = res {
+            warn!(%err, "the pod watch ended");
+        },
+        () = exit_loop(server.clone(), queued) => {}
     }
 }
 
-async fn serve_pod(
-    pods: &Api<Pod>,
-    ours: &HashSet<String>,
-    ips: &AtomicU32,
-    pod: &Pod,
-) -> Result<(), kube::Error> {
+/// The restart policy of `pod` runs its containers to completion (`Never`, `OnFailure`).
+fn runs_to_completion(pod: &Pod) -> bool {
+    matches!(
+        pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
+        Some("Never" | "OnFailure")
+    )
+}
+
+/// How long `pod`'s containers run ([`RUN_SECONDS_ANNOTATION`]).
+fn run_time(pod: &Pod) -> Duration {
+    pod.annotations()
+        .get(RUN_SECONDS_ANNOTATION)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(DEFAULT_RUN)
+}
+
+/// The exit code of `pod`'s containers ([`EXIT_CODE_ANNOTATION`]).
+fn exit_code(pod: &Pod) -> i32 {
+    pod.annotations()
+        .get(EXIT_CODE_ANNOTATION)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// When the running containers of `pod` started (Unix seconds), if it says.
+fn started_at(pod: &Pod) -> Option<i64> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let running = statuses.first()?.state.as_ref()?.running.as_ref()?;
+    Some(running.started_at.as_ref()?.0.as_second())
+}
+
+async fn serve_pod(server: &PodServer, pod: &Pod) -> Result<(), kube::Error> {
     let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
         return Ok(());
     };
-    if !ours.contains(node) {
+    if !server.ours.contains(node) {
         return Ok(());
     }
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &ns);
+    let api = server.api(&ns);
     if pod.metadata.deletion_timestamp.is_some() {
         // The containers are "stopped": finish the deletion, as a kubelet does.
         let dp = DeleteParams {
@@ -311,11 +435,26 @@ async fn serve_pod(
         };
     }
     let status = pod.status.as_ref();
-    let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let phase = status.and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return Ok(());
+    }
+    let finite = runs_to_completion(pod);
+    let running = phase == Some("Running");
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     if running && ready {
+        if finite {
+            // Seen again (e.g. after the simulator restarted): exit when the run is over.
+            let elapsed = started_at(pod)
+                .map(|t| u64::try_from(now().0 - t).unwrap_or(0))
+                .unwrap_or(0);
+            server.time(
+                pod,
+                run_time(pod).saturating_sub(Duration::from_secs(elapsed)),
+            );
+        }
         return Ok(());
     }
     let index: usize = node
@@ -327,32 +466,18 @@ async fn serve_pod(
     let pod_ip = status.and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| {
         format!(
             "{pod_net}.{}",
-            2 + ips.fetch_add(1, Ordering::Relaxed) % 250
+            2 + server.ips.fetch_add(1, Ordering::Relaxed) % 250
         )
     });
     let now = time_now();
-    let containers: Vec<Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            let image = c.image.clone().unwrap_or_default();
-            json!({
-                "name": c.name,
-                "image": image,
-                "imageID": format!("hollow://{image}"),
-                "containerID": format!("hollow://{ns}/{name}/{}", c.name),
-                "ready": true,
-                "started": true,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": now}},
-            })
-        })
-        .collect();
+    let containers: Vec<Value> = container_statuses(pod, |_| {
+        json!({"ready": true, "started": true, "restartCount": 0,
+               "state": {"running": {"startedAt": now}}})
+    });
     let cond = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
-    let patch = json!({"status": {
+    // The resourceVersion makes a patch from an old event (the pod may have finished since)
+    // a conflict instead of bringing a finished pod back to life.
+    let patch = json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {
         "phase": "Running",
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
@@ -372,8 +497,187 @@ async fn serve_pod(
         .patch_status(&name, &patch_params(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(_) => {
+            if finite {
+                server.time(pod, run_time(pod));
+            }
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One status per container of `pod`: its identity merged with what `state` gives for it.
+fn container_statuses(pod: &Pod, state: impl Fn(&str) -> Value) -> Vec<Value> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    pod.spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            let mut v = json!({
+                "name": c.name,
+                "image": image,
+                "imageID": format!("hollow://{image}"),
+                "containerID": format!("hollow://{ns}/{name}/{}", c.name),
+            });
+            if let (Value::Object(m), Value::Object(extra)) = (&mut v, state(&c.name)) {
+                m.extend(extra);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends the runs of finishing pods as they fall due.
+async fn exit_loop(server: Arc<PodServer>, mut queued: mpsc::UnboundedReceiver<Run>) {
+    let mut due: BinaryHeap<Reverse<Run>> = BinaryHeap::new();
+    loop {
+        let next = due.peek().map(|r| r.0.due);
+        tokio::select! {
+            run = queued.recv() => match run {
+                Some(run) => due.push(Reverse(run)),
+                None => return,
+            },
+            () = sleep_until(next) => {
+                let now = tokio::time::Instant::now();
+                let mut ready = Vec::new();
+                while due.peek().is_some_and(|r| r.0.due <= now) {
+                    let Some(Reverse(run)) = due.pop() else { break };
+                    ready.push(run);
+                }
+                // Many pods finish together (a Job's parallel pods): report them concurrently.
+                let reported: Vec<_> = futures::stream::iter(ready)
+                    .map(|run| {
+                        let server = server.clone();
+                        async move {
+                            let res = exit(&server, &run).await;
+                            (run, res)
+                        }
+                    })
+                    .buffer_unordered(server.concurrency)
+                    .collect()
+                    .await;
+                for (run, res) in reported {
+                    match res {
+                        Ok(Some(again)) => due.push(Reverse(Run {
+                            due: tokio::time::Instant::now() + again,
+                            ..run
+                        })),
+                        Ok(None) => server.untime(&run.uid),
+                        Err(err) => {
+                            // Retried shortly: the pod stays "running" until it is reported.
+                            debug!(pod = %run.name, %err, "cannot report the containers' exit");
+                            due.push(Reverse(Run {
+                                due: now + Duration::from_millis(500),
+                                ..run
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reports the exit of `run`'s containers. Returns when the next run of a restarted
+/// (`OnFailure`) pod ends, or `None` once the pod is done with (finished, gone, deleting).
+async fn exit(server: &PodServer, run: &Run) -> Result<Option<Duration>, kube::Error> {
+    let api = server.api(&run.namespace);
+    let Some(pod) = api.get_opt(&run.name).await? else {
+        return Ok(None);
+    };
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if pod.uid().as_deref() != Some(run.uid.as_str())
+        || pod.metadata.deletion_timestamp.is_some()
+        || phase != Some("Running")
+    {
+        return Ok(None);
+    }
+    let code = exit_code(&pod);
+    let on_failure =
+        pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("OnFailure");
+    let now = time_now();
+    let started = |c: &str| -> Value {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|s| s.name == c))
+            .and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone())
+            .map(|t| json!(t))
+            .unwrap_or_else(|| json!(now))
+    };
+    let restarts = |c: &str| -> i32 {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|s| s.name == c))
+            .map_or(0, |s| s.restart_count)
+    };
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    let (patch, again) = if code != 0 && on_failure {
+        // The kubelet restarts the container in place; the pod keeps running.
+        let containers = container_statuses(&pod, |c| {
+            json!({"ready": true, "started": true, "restartCount": restarts(c) + 1,
+                "state": {"running": {"startedAt": now}},
+                "lastState": {"terminated": {"exitCode": code, "reason": reason,
+                    "startedAt": started(c), "finishedAt": now}}})
+        });
+        (
+            json!({"status": {"containerStatuses": containers}}),
+            Some(run_time(&pod)),
+        )
+    } else {
+        let containers = container_statuses(&pod, |c| {
+            json!({"ready": false, "started": false, "restartCount": restarts(c),
+                "state": {"terminated": {"exitCode": code, "reason": reason,
+                    "startedAt": started(c), "finishedAt": now}}})
+        });
+        let cond = |kind: &str, status: &str, reason: Option<&str>| {
+            let mut c = json!({"type": kind, "status": status,
+                   "lastProbeTime": null, "lastTransitionTime": now});
+            if let Some(r) = reason {
+                c["reason"] = json!(r);
+            }
+            c
+        };
+        let done = Some("PodCompleted");
+        let phase = if code == 0 { "Succeeded" } else { "Failed" };
+        (
+            json!({"status": {
+                "phase": phase,
+                "conditions": [
+                    cond("PodReadyToStartContainers", "False", None),
+                    cond("Initialized", "True", None),
+                    cond("Ready", "False", done),
+                    cond("ContainersReady", "False", done),
+                    cond("PodScheduled", "True", None),
+                ],
+                "containerStatuses": containers,
+            }}),
+            None,
+        )
+    };
+    let mut patch = patch;
+    patch["metadata"] = json!({"resourceVersion": pod.resource_version()});
+    match api
+        .patch_status(&run.name, &patch_params(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(again),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e),
     }
 }

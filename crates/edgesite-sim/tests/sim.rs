@@ -133,3 +133,134 @@ async fn hollow_nodes_heartbeat_and_run_their_pods() -> Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+fn finite_pod(name: &str, policy: &str, annotations: serde_json::Value) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"restartPolicy": policy, "nodeName": "done-0",
+                 "containers": [{"name": "app", "image": "busybox:1.36"}]},
+    }))?)
+}
+
+fn phase(p: &Pod) -> Option<String> {
+    p.status.as_ref().and_then(|s| s.phase.clone())
+}
+
+#[tokio::test]
+async fn pods_that_run_to_completion_finish() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = ServerConfig::new(dir.path());
+    config.bind_address = "127.0.0.1".parse()?;
+    config.secure_port = 0;
+    config.pki = PkiOptions {
+        hostname: Some("edge-test".to_owned()),
+        extra_sans: Vec::new(),
+        include_interface_ips: false,
+    };
+    let server = Server::start(config).await?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(server.kubeconfig_path())?;
+    let client =
+        Client::try_from(Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(client.clone(), SimConfig::new(1, "done"), async move {
+        let _ = stopped.await;
+    }));
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    let fast = json!({"sim.edgesite.io/run-seconds": "0.2"});
+    pods.create(&pp, &finite_pod("ok", "Never", fast.clone())?)
+        .await?;
+    pods.create(
+        &pp,
+        &finite_pod(
+            "bad",
+            "Never",
+            json!({"sim.edgesite.io/run-seconds": "0.2", "sim.edgesite.io/exit-code": "3"}),
+        )?,
+    )
+    .await?;
+    pods.create(
+        &pp,
+        &finite_pod(
+            "retry",
+            "OnFailure",
+            json!({"sim.edgesite.io/run-seconds": "0.2", "sim.edgesite.io/exit-code": "2"}),
+        )?,
+    )
+    .await?;
+    // Runs 1 s by default; a long-running Never pod is seen Running first.
+    pods.create(&pp, &finite_pod("slow", "Never", json!({}))?)
+        .await?;
+    pods.create(&pp, &finite_pod("forever", "Always", fast)?)
+        .await?;
+
+    eventually("slow is Running", || async {
+        Ok(phase(&pods.get("slow").await?).as_deref() == Some("Running"))
+    })
+    .await?;
+    eventually("ok Succeeded, bad Failed", || async {
+        Ok(
+            phase(&pods.get("ok").await?).as_deref() == Some("Succeeded")
+                && phase(&pods.get("bad").await?).as_deref() == Some("Failed"),
+        )
+    })
+    .await?;
+    let ok = pods.get("ok").await?.status.context("status")?;
+    let c = &ok.container_statuses.context("containers")?[0];
+    let term = c
+        .state
+        .clone()
+        .and_then(|s| s.terminated)
+        .context("terminated")?;
+    ensure!(term.exit_code == 0 && term.reason.as_deref() == Some("Completed"));
+    ensure!(!c.ready);
+    ensure!(
+        ok.conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("PodCompleted"))
+    );
+    let bad = pods.get("bad").await?.status.context("status")?;
+    let term = bad.container_statuses.context("containers")?[0]
+        .state
+        .clone()
+        .and_then(|s| s.terminated)
+        .context("terminated")?;
+    ensure!(term.exit_code == 3 && term.reason.as_deref() == Some("Error"));
+
+    // OnFailure restarts in place: Running, restart count growing, last exit code 2.
+    eventually("retry restarted twice", || async {
+        let p = pods.get("retry").await?;
+        let c = p
+            .status
+            .clone()
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default();
+        Ok(phase(&p).as_deref() == Some("Running")
+            && c.first().is_some_and(|c| {
+                c.restart_count >= 2
+                    && c.last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code == 2)
+            }))
+    })
+    .await?;
+    eventually("slow Succeeded after its default second", || async {
+        Ok(phase(&pods.get("slow").await?).as_deref() == Some("Succeeded"))
+    })
+    .await?;
+    // restartPolicy Always ignores the annotations and keeps running.
+    ensure!(phase(&pods.get("forever").await?).as_deref() == Some("Running"));
+
+    let _ = stop.send(());
+    task.await??;
+    drop(client);
+    server.shutdown().await;
+    Ok(())
+}

@@ -3,10 +3,13 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edgesite_apiserver::{Server, ServerConfig};
+use edgesite_controllers::leader::{self, LeaderElection};
+use edgesite_controllers::node_lifecycle::Autonomy;
 use edgesite_store::DatastoreConfig;
 
 /// A lightweight Kubernetes-compatible cluster for one edge site.
@@ -63,6 +66,33 @@ struct ServerArgs {
     /// --token-auth-file format).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Run the scheduler and controllers only while holding the Lease
+    /// kube-system/edgesite-controller-manager, so several servers can share one etcd.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    leader_elect: bool,
+    /// How long standbys wait after the leader's last renewal they saw before taking over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops its controllers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and standbys retry.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+    /// How long a node may go without a heartbeat before it is marked NotReady (Unknown) and
+    /// tainted unreachable.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// How long an unreachable or not-ready node keeps its pods before they are evicted: a
+    /// duration (e.g. `10m`) or `forever` (never evict; the edge default). A node's
+    /// `edgesite.io/autonomy-duration` annotation overrides it.
+    #[arg(long, default_value = "forever")]
+    node_autonomy: Autonomy,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    edgesite_controllers::node_lifecycle::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +141,27 @@ async fn sim(args: SimArgs) -> anyhow::Result<()> {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    // Stable per data directory, so a server restarted after a crash leads again at once.
+    let data_dir = std::path::absolute(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
+    let identity = leader::installation_identity(&data_dir.to_string_lossy());
+    let election = LeaderElection {
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+        ..LeaderElection::new(identity)
+    };
+    // As kube-controller-manager checks: the leader must stop before a standby may start.
+    if election.renew_deadline >= election.lease_duration
+        || election.retry_period >= election.renew_deadline
+        || election.retry_period.is_zero()
+    {
+        anyhow::bail!(
+            "leader election needs 0 < --leader-elect-retry-period < \
+             --leader-elect-renew-deadline < --leader-elect-lease-duration"
+        );
+    }
+    let node_monitor_grace_period = args.node_monitor_grace_period;
+    let node_autonomy = args.node_autonomy;
     let mut config = ServerConfig::new(args.data_dir);
     config.bind_address = args.bind_address;
     config.secure_port = args.secure_port;
@@ -133,14 +184,39 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     // The controllers talk to the API in-process. Until RBAC exists they need system:masters.
     let client =
         server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
+    let controller_config = edgesite_controllers::Config {
+        node_monitor_grace_period,
+        node_autonomy,
+        root_ca_pem: Some(server.ca_cert_pem().to_owned()),
+        ..edgesite_controllers::Config::default()
+    };
+    tracing::info!(
+        grace_period = %edgesite_controllers::node_lifecycle::format_duration(node_monitor_grace_period),
+        autonomy = %node_autonomy,
+        "node lifecycle policy"
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controllers = tokio::spawn(edgesite_controllers::run_all(
-        client,
-        edgesite_controllers::Config::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let controllers = if args.leader_elect {
+        tracing::info!(identity = %election.identity, "campaigning for the controller lease");
+        tokio::spawn(leader::run_elected(
+            client.clone(),
+            election,
+            controller_config.clock.clone(),
+            stopped,
+            move |stop| {
+                edgesite_controllers::run_all(client.clone(), controller_config.clone(), stop)
+            },
+        ))
+    } else {
+        tokio::spawn(edgesite_controllers::run_all(
+            client,
+            controller_config,
+            stopped,
+        ))
+    };
     shutdown_signal().await;
     let _ = stop.send(());
     let _ = controllers.await;

@@ -2,106 +2,17 @@
 //! to ready (spawn → admin.kubeconfig written → `/readyz` answers through kubectl), the real
 //! kubectl against it, graceful shutdown on SIGTERM.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
-    let out = Command::new(KUBECTL)
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {KUBECTL}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!(
-        "$ kubectl {}\n{stdout}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "kubectl {args:?} failed");
-    Ok(stdout)
-}
-
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::{Running, kubectl, start_server, start_sim, terminate};
 
 /// Starts the binary and waits for the kubeconfig; returns the process and the time it took.
-fn start(data_dir: &Path, log: &Path) -> Result<(Running, Duration)> {
-    start_with(data_dir, log, &[])
-}
-
-fn start_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Result<(Running, Duration)> {
-    let kubeconfig = data_dir.join("admin.kubeconfig");
-    let _ = std::fs::remove_file(&kubeconfig);
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgesite"))
-        .args([
-            "server",
-            "--bind-address",
-            "127.0.0.1",
-            "--secure-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .context("cannot start edgesite")?;
-    let mut running = Running { child };
-    while !kubeconfig.exists() {
-        if let Some(status) = running.child.try_wait()? {
-            bail!(
-                "edgesite exited early with {status}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "not ready within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok((running, started.elapsed()))
-}
-
-fn terminate(mut running: Running, log: &Path) -> Result<()> {
-    let pid = running.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status()?;
-    ensure!(status.success(), "kill -TERM failed");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = running.child.try_wait()? {
-            let text = std::fs::read_to_string(log)?;
-            ensure!(status.success(), "edgesite exited with {status}:\n{text}");
-            ensure!(text.contains("received SIGTERM"), "{text}");
-            ensure!(text.contains("shut down"), "{text}");
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "edgesite did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn start(data_dir: &std::path::Path, log: &std::path::Path) -> Result<(Running, Duration)> {
+    start_server(data_dir, log, &[])
 }
 
 #[test]
@@ -157,7 +68,7 @@ fn edgesite_server_binary_runs_on_etcd() -> Result<()> {
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
     let url = format!("etcd://{}", etcd.endpoint());
-    let (running, to_kubeconfig) = start_with(&data, &log, &["--datastore", &url])?;
+    let (running, to_kubeconfig) = start_server(&data, &log, &["--datastore", &url])?;
     println!("on etcd: admin.kubeconfig after {to_kubeconfig:?}");
     let ready = kubectl(
         home.path(),
@@ -202,23 +113,7 @@ fn edgesite_sim_registers_hollow_nodes_that_run_pods() -> Result<()> {
     let kubeconfig = data.join("admin.kubeconfig");
     let log = dir.path().join("server.log");
     let (server, _) = start(&data, &log)?;
-    let sim = Command::new(env!("CARGO_BIN_EXE_edgesite"))
-        .args([
-            "sim",
-            "--nodes",
-            "2",
-            "--prefix",
-            "edge",
-            "--heartbeat-seconds",
-            "1",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("sim.log"))?)
-        .spawn()
-        .context("cannot start edgesite sim")?;
-    let _sim = Running { child: sim };
+    let _sim = start_sim(&kubeconfig, "edge", 2, 1, &dir.path().join("sim.log"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let nodes = kubectl(home.path(), &kubeconfig, &["get", "nodes", "--no-headers"])?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kubectl;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ impl Cluster {
     }
 
     /// Starts the server and the controllers with `config` (e.g. a manual clock).
-    pub async fn start_with(config: edgesite_controllers::Config) -> Result<Self> {
+    pub async fn start_with(mut config: edgesite_controllers::Config) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut server_config = ServerConfig::new(dir.path());
         server_config.bind_address = "127.0.0.1".parse()?;
@@ -44,6 +46,9 @@ impl Cluster {
             include_interface_ips: false,
         };
         let server = Server::start(server_config).await?;
+        if config.root_ca_pem.is_none() {
+            config.root_ca_pem = Some(server.ca_cert_pem().to_owned());
+        }
         let in_process =
             server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -150,33 +155,71 @@ pub fn owner_ref(kind: &str, api_version: &str, name: &str, uid: &str) -> Value 
 }
 
 /// A Deployment `web` with ReplicaSet `web-1` and pods `web-1-a`, `web-1-b`, chained by
-/// ownerReferences as the deployment and replica set controllers would make them.
+/// ownerReferences. They are made bottom-up as orphans whose labels and templates match, and
+/// the ReplicaSet and Deployment controllers adopt them (as they would adopt what a user
+/// orphaned); returns once both links are in place.
 pub async fn deployment_tree(client: &Client, ns: &str) -> Result<(Deployment, ReplicaSet)> {
     let pp = PostParams::default();
     let labels = json!({"app": "web"});
     let template = json!({"metadata": {"labels": labels},
         "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for suffix in ["a", "b"] {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-1-{suffix}"), "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+        }))?;
+        pods.create(&pp, &p).await?;
+    }
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": labels},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
+    }))?;
+    rss.create(&pp, &rs).await?;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
     }))?;
     let d = deploys.create(&pp, &d).await?;
-    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-    let rs: ReplicaSet = serde_json::from_value(json!({
-        "metadata": {"name": "web-1", "labels": labels,
-            "ownerReferences": [owner_ref("Deployment", "apps/v1", "web", &d.uid().unwrap())]},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
-    }))?;
-    let rs = rss.create(&pp, &rs).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for suffix in ["a", "b"] {
-        let p: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("web-1-{suffix}"), "labels": labels,
-                "ownerReferences": [owner_ref("ReplicaSet", "apps/v1", "web-1", &rs.uid().unwrap())]},
-            "spec": {"containers": [{"name": "c", "image": "nginx"}]},
-        }))?;
-        pods.create(&pp, &p).await?;
-    }
+    let controlled_by =
+        |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference], uid: &str| {
+            refs.iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        };
+    let d_uid = d.uid().unwrap_or_default();
+    eventually(10, "deployment tree adopted", || async {
+        let rs = rss.get("web-1").await?;
+        let rs_uid = rs.uid().unwrap_or_default();
+        let mut linked = controlled_by(rs.owner_references(), &d_uid);
+        for suffix in ["a", "b"] {
+            let p = pods.get(&format!("web-1-{suffix}")).await?;
+            linked &= controlled_by(p.owner_references(), &rs_uid);
+        }
+        Ok(linked)
+    })
+    .await?;
+    // Let the controllers finish with the tree (revision annotation, statuses), so the tests
+    // start from a quiet state.
+    eventually(10, "deployment tree settled", || async {
+        let rs = rss.get("web-1").await?;
+        let d = deploys.get("web").await?;
+        let rs_settled = rs
+            .annotations()
+            .contains_key("deployment.kubernetes.io/revision")
+            && rs.status.as_ref().is_some_and(|s| {
+                s.replicas == 2 && s.observed_generation == rs.metadata.generation
+            });
+        let d_settled = d
+            .annotations()
+            .contains_key("deployment.kubernetes.io/revision")
+            && d.status.as_ref().is_some_and(|s| {
+                s.replicas == Some(2) && s.observed_generation == d.metadata.generation
+            });
+        Ok(rs_settled && d_settled)
+    })
+    .await?;
+    let rs = rss.get("web-1").await?;
     Ok((d, rs))
 }
