@@ -18,7 +18,11 @@ use tokio::sync::Mutex;
 pub struct Storage {
     /// The store.
     pub store: Arc<dyn Store>,
-    caches: Mutex<HashMap<String, Arc<WatchCache>>>,
+    /// Started caches by key prefix. Looked up without awaiting: a request never queues
+    /// behind another for a cache that is already running.
+    caches: std::sync::RwLock<HashMap<String, Arc<WatchCache>>>,
+    /// Serializes the start of caches (one store watch per prefix).
+    starting: Mutex<()>,
 }
 
 impl Storage {
@@ -26,13 +30,14 @@ impl Storage {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            caches: Mutex::new(HashMap::new()),
+            caches: std::sync::RwLock::new(HashMap::new()),
+            starting: Mutex::new(()),
         }
     }
 
     /// The started watch caches, by key prefix (`/registry/core/pods/`...): for metrics.
     pub async fn started_caches(&self) -> Vec<(String, Arc<WatchCache>)> {
-        let caches = self.caches.lock().await;
+        let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
         caches.iter().map(|(p, c)| (p.clone(), c.clone())).collect()
     }
 
@@ -51,9 +56,12 @@ impl Storage {
     pub async fn cache(&self, r: &ResourceInfo) -> Result<Arc<WatchCache>, ApiError> {
         let prefix = registry::storage_prefix(r, None)
             .ok_or_else(|| ApiError::internal("no storage prefix"))?;
-        let mut caches = self.caches.lock().await;
-        if let Some(c) = caches.get(&prefix) {
-            return Ok(c.clone());
+        if let Some(c) = self.started(&prefix) {
+            return Ok(c);
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(c) = self.started(&prefix) {
+            return Ok(c);
         }
         let cache = WatchCache::start(
             self.store.clone(),
@@ -63,8 +71,16 @@ impl Storage {
         .await
         .map_err(cache_error)?;
         let cache = Arc::new(cache);
-        caches.insert(prefix, cache.clone());
+        self.caches
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(prefix, cache.clone());
         Ok(cache)
+    }
+
+    fn started(&self, prefix: &str) -> Option<Arc<WatchCache>> {
+        let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
+        caches.get(prefix).cloned()
     }
 }
 
