@@ -45,6 +45,22 @@ struct Context {
     config: Arc<Config>,
 }
 
+impl Context {
+    /// Records a core/v1 Event about `cj` (best effort).
+    async fn event(&self, cj: &CronJob, type_: &str, reason: &str, message: &str) {
+        record_event(
+            &self.client,
+            &*self.config.clock,
+            COMPONENT,
+            cj,
+            type_,
+            reason,
+            message,
+        )
+        .await;
+    }
+}
+
 /// Runs the CronJob controller until the returned future is dropped.
 pub async fn run(client: Client, config: Arc<Config>) {
     let cronjobs: Api<CronJob> = Api::all(client.clone());
@@ -189,10 +205,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
                     .iter()
                     .any(|r| r.uid == j.metadata.uid);
                 if was_active {
-                    record_event(
-                        &ctx.client,
-                        &**clock,
-                        COMPONENT,
+                    ctx.event(
                         &cj,
                         "Normal",
                         "SawCompletedJob",
@@ -223,10 +236,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     let schedule = match Schedule::parse(&spec.schedule) {
         Ok(s) => s,
         Err(err) => {
-            record_event(
-                &ctx.client,
-                &**clock,
-                COMPONENT,
+            ctx.event(
                 &cj,
                 "Warning",
                 "InvalidSchedule",
@@ -240,10 +250,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     let tz = match TimeZone::parse(spec.time_zone.as_deref()) {
         Ok(tz) => tz,
         Err(err) => {
-            record_event(
-                &ctx.client,
-                &**clock,
-                COMPONENT,
+            ctx.event(
                 &cj,
                 "Warning",
                 "UnknownTimeZone",
@@ -278,11 +285,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
         return Ok(requeue(missed.next));
     };
     if missed.count > TOO_MANY_MISSED {
-        record_event(
-            &ctx.client,
-            &**clock,
-            COMPONENT,
-            &cj,
+        ctx.event(&cj,
             "Warning",
             "TooManyMissedTimes",
             &format!(
@@ -314,10 +317,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     if let Some(sds) = spec.starting_deadline_seconds
         && scheduled + sds < now
     {
-        record_event(
-            &ctx.client,
-            &**clock,
-            COMPONENT,
+        ctx.event(
             &cj,
             "Warning",
             "MissSchedule",
@@ -335,10 +335,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     if policy == "Forbid" && !running.is_empty() {
         // lastScheduleTime stays: the time may still run once the active Job finishes.
         debug!(cronjob = %key(&cj), "not starting a job: the previous one still runs (Forbid)");
-        record_event(
-            &ctx.client,
-            &**clock,
-            COMPONENT,
+        ctx.event(
             &cj,
             "Normal",
             "JobAlreadyActive",
@@ -354,10 +351,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
                 continue;
             };
             delete_job(&jobs_api, jname, r.uid.clone()).await?;
-            record_event(
-                &ctx.client,
-                &**clock,
-                COMPONENT,
+            ctx.event(
                 &cj,
                 "Normal",
                 "SuccessfulDelete",
@@ -372,10 +366,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     let made = match jobs_api.create(&PostParams::default(), &job).await {
         Ok(j) => {
             info!(cronjob = %key(&cj), job = %job_name, "job created for its scheduled time");
-            record_event(
-                &ctx.client,
-                &**clock,
-                COMPONENT,
+            ctx.event(
                 &cj,
                 "Normal",
                 "SuccessfulCreate",
@@ -390,10 +381,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
             .await?
             .filter(|j| is_controlled_by(&j.metadata, &uid)),
         Err(e) => {
-            record_event(
-                &ctx.client,
-                &**clock,
-                COMPONENT,
+            ctx.event(
                 &cj,
                 "Warning",
                 "FailedCreate",
@@ -493,10 +481,7 @@ async fn prune_history(
         for j in done.into_iter().take(extra) {
             delete_job(jobs_api, &j.name_any(), j.uid()).await?;
             debug!(cronjob = %key(cj), job = %j.name_any(), "old job pruned");
-            record_event(
-                &ctx.client,
-                &*ctx.config.clock,
-                COMPONENT,
+            ctx.event(
                 cj,
                 "Normal",
                 "SuccessfulDelete",

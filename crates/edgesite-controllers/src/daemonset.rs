@@ -12,15 +12,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, PodTemplateSpec, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::Selector;
+use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -29,13 +28,11 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::revision::{self, REVISION_HASH_LABEL, RevisionOwner};
+use crate::workload::{Requeue, create_pods, delete_pods, phase};
 use crate::{Config, Error, workload};
 
 /// The pod label carrying the DaemonSet generation the pod was made from.
 pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
-
-/// How many pod creations or deletions one pass issues at once.
-const BURST: usize = 16;
 
 /// Events for one DaemonSet closer together than this are handled by one pass: a rollout on
 /// many nodes brings a burst of pod events, and every pass lists all of the set's pods.
@@ -110,40 +107,6 @@ fn fingerprint(n: &Node) -> String {
 fn error_policy(ds: Arc<DaemonSet>, err: &Error, _ctx: Arc<Context>) -> Action {
     warn!(daemonset = %ds.name_any(), %err, "daemonset sync failed; retrying");
     Action::requeue(Duration::from_secs(1))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Pod state (shared with the StatefulSet controller).
-
-/// The pod's phase, `""` when not reported yet.
-pub(crate) fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-/// Remembers the soonest moment a pass must look again (a pod about to become available).
-#[derive(Debug, Default)]
-pub(crate) struct Requeue(Option<Duration>);
-
-impl Requeue {
-    /// Asks for another look after `pod` becomes available, if it is Ready but not yet.
-    pub(crate) fn pod(&mut self, pod: &Pod, min_ready_seconds: i32, now: i64) {
-        if let Some(s) = workload::seconds_until_available(pod, min_ready_seconds, now) {
-            let d = Duration::from_secs(u64::try_from(s).unwrap_or(0));
-            self.0 = Some(self.0.map_or(d, |c| c.min(d)));
-        }
-    }
-
-    /// What the pass returns.
-    pub(crate) fn action(&self) -> Action {
-        match self.0 {
-            // One more second: `metav1.Time` has whole seconds.
-            Some(d) => Action::requeue(d + Duration::from_secs(1)),
-            None => Action::await_change(),
-        }
-    }
 }
 
 /// `value` scaled against `total` (percentages round up), or `default` when unset or invalid.
@@ -386,11 +349,9 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         .spec
         .as_ref()
         .ok_or_else(|| Error::Unexpected(format!("daemonset {ns}/{name} has no spec")))?;
-    let selector = Selector::try_from(spec.selector.clone())
-        .map_err(|e| Error::Unexpected(format!("daemonset {ns}/{name}: bad selector: {e}")))?;
-    if selector.selects_all() {
+    let Some(selector) = workload::pod_selector("daemonset", &ns, &name, &spec.selector)? else {
         return Ok(Action::await_change());
-    }
+    };
     let owner = RevisionOwner::of(ds.as_ref())?;
     let template = &spec.template;
     let pod_spec = template.spec.clone().unwrap_or_default();
@@ -612,15 +573,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         observed_generation: ds.metadata.generation,
         updated_number_scheduled: Some(updated),
     };
-    if ds.status.as_ref() != Some(&status) {
-        let api: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await?;
-    }
+    workload::patch_status_if_changed(client, ds.as_ref(), ds.status.as_ref(), &status).await?;
 
     // History.
     let mut live: HashSet<String> = HashSet::new();
@@ -641,45 +594,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     )
     .await?;
     Ok(requeue.action())
-}
-
-/// Creates `pods`, a burst at a time.
-pub(crate) async fn create_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<(), kube::Error> {
-    futures::stream::iter(pods)
-        .map(|pod| {
-            let api = api.clone();
-            async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) }
-        })
-        .buffer_unordered(BURST)
-        .try_collect::<Vec<()>>()
-        .await
-        .map(|_| ())
-}
-
-/// Deletes `pods` (gracefully, only the very pods listed), a burst at a time.
-pub(crate) async fn delete_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<(), kube::Error> {
-    futures::stream::iter(pods)
-        .map(|pod| {
-            let api = api.clone();
-            async move {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: pod.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&pod.name_any(), &dp).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-        })
-        .buffer_unordered(BURST)
-        .try_collect::<Vec<()>>()
-        .await
-        .map(|_| ())
 }
 
 #[cfg(test)]

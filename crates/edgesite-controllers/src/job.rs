@@ -234,45 +234,16 @@ pub(crate) async fn record_event<K>(
     K: kube::Resource<DynamicType = ()>,
 {
     let ns = obj.namespace().unwrap_or_else(|| "default".to_owned());
-    // Clock nanoseconds, made unique: a manual clock stands still between events.
-    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = clock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        + u128::from(SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let ts = clock.rfc3339();
-    let body = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": format!("{}.{nanos:x}", obj.name_any()), "namespace": ns},
-        "involvedObject": {
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "name": obj.name_any(),
-            "namespace": obj.namespace(),
-            "uid": obj.uid(),
-            "resourceVersion": obj.resource_version(),
-        },
-        "reason": reason,
-        "message": message,
-        "type": kind,
-        "source": {"component": component},
-        "firstTimestamp": ts,
-        "lastTimestamp": ts,
-        "count": 1,
-        "reportingComponent": component,
-        "reportingInstance": "",
-    });
-    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
-    let result = match serde_json::from_value(body) {
-        Ok(ev) => api.create(&PostParams::default(), &ev).await.map(|_| ()),
-        Err(e) => Err(kube::Error::SerdeError(e)),
+    let ev = crate::events::Event {
+        namespace: &ns,
+        object: &obj.name_any(),
+        involved: crate::events::involved(obj),
+        type_: kind,
+        reason,
+        message,
+        component,
     };
-    if let Err(err) = result {
-        debug!(%reason, %err, "cannot record an event");
-    }
+    crate::events::record(client, clock, ev).await;
 }
 
 fn condition_true(status: &JobStatus, ty: &str) -> Option<JobCondition> {

@@ -36,6 +36,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
+mod events;
 pub mod garbage_collector;
 pub mod job;
 pub mod leader;

@@ -25,7 +25,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
@@ -579,10 +579,7 @@ impl NodeLifecycle {
 
     async fn pod_event(&self, pod: &Pod, kind: &str, reason: &str, message: &str, component: &str) {
         let ns = pod.namespace().unwrap_or_default();
-        let involved = json!({
-            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod.name_any(),
-            "uid": pod.uid(), "resourceVersion": pod.resource_version(),
-        });
+        let involved = crate::events::involved(pod);
         self.event(
             &ns,
             &pod.name_any(),
@@ -614,38 +611,16 @@ impl NodeLifecycle {
         message: &str,
         component: &str,
     ) {
-        let now = self.now();
-        let nanos = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let ts = rfc3339(now);
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": format!("{object}.{nanos:x}"), "namespace": ns},
-            "involvedObject": involved,
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "source": {"component": component},
-            "firstTimestamp": ts,
-            "lastTimestamp": ts,
-            "count": 1,
-            "reportingComponent": component,
-            "reportingInstance": "",
-        });
-        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), ns);
-        let ev = match serde_json::from_value(body) {
-            Ok(ev) => ev,
-            Err(err) => {
-                debug!(%err, "cannot build an event");
-                return;
-            }
+        let ev = crate::events::Event {
+            namespace: ns,
+            object,
+            involved,
+            type_: kind,
+            reason,
+            message,
+            component,
         };
-        if let Err(err) = api.create(&PostParams::default(), &ev).await {
-            debug!(%err, %reason, "cannot record an event");
-        }
+        crate::events::record(&self.client, self.config.clock.as_ref(), ev).await;
     }
 }
 

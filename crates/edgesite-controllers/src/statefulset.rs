@@ -15,16 +15,14 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::Selector;
+use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
-use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::daemonset::{Requeue, create_pods, delete_pods, phase};
 use crate::revision::{self, REVISION_HASH_LABEL, RevisionOwner};
+use crate::workload::{Requeue, create_pods, delete_pods, phase};
 use crate::{Config, Error, workload};
 
 /// The pod label carrying the pod's own name.
@@ -124,11 +122,9 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
         .spec
         .as_ref()
         .ok_or_else(|| Error::Unexpected(format!("statefulset {ns}/{name} has no spec")))?;
-    let selector = Selector::try_from(spec.selector.clone())
-        .map_err(|e| Error::Unexpected(format!("statefulset {ns}/{name}: bad selector: {e}")))?;
-    if selector.selects_all() {
+    let Some(selector) = workload::pod_selector("statefulset", &ns, &name, &spec.selector)? else {
         return Ok(Action::await_change());
-    }
+    };
     let owner = RevisionOwner::of(sts.as_ref())?;
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let start = spec
@@ -267,15 +263,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
         s.current_revision = Some(update_name.clone());
         s.current_replicas = Some(updated);
     }
-    if sts.status.as_ref() != Some(&s) {
-        let api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": s})),
-        )
-        .await?;
-    }
+    workload::patch_status_if_changed(client, sts.as_ref(), sts.status.as_ref(), &s).await?;
 
     // History: keep the current and update revisions and any a pod runs.
     let mut live: HashSet<String> = HashSet::new();

@@ -1,18 +1,26 @@
 //! Pieces the workload controllers (ReplicaSet, Deployment, and later the DaemonSet,
 //! StatefulSet and Job controllers) share: controller owner references, label-selector
 //! matching, building a Pod from a template, pod readiness and availability against the
-//! controllers' clock, and the `pod-template-hash` of a template. No API calls here.
+//! controllers' clock, the `pod-template-hash` of a template, a pass's requeue time, and
+//! creating or deleting a batch of pods.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt as _};
 
 use crate::Error;
+
+/// How many pod creations or deletions [`create_pods`] and [`delete_pods`] issue at once.
+const BURST: usize = 16;
 
 /// The label the Deployment controller adds to a ReplicaSet's selector, template and labels,
 /// naming the template it was made from.
@@ -72,6 +80,19 @@ pub fn selector(
         .map_err(|e| Error::Unexpected(format!("cannot encode label selector: {e}")))?;
     edgesite_api::selector::LabelSelector::from_metav1(&value)
         .map_err(|e| Error::Unexpected(format!("invalid label selector: {e}")))
+}
+
+/// The pod selector of the `kind` `ns/name` as a kube-rs [`kube::core::Selector`] for list
+/// calls; `None` when it selects everything, which a workload controller leaves alone.
+pub fn pod_selector(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    sel: &LabelSelector,
+) -> Result<Option<kube::core::Selector>, Error> {
+    let selector = kube::core::Selector::try_from(sel.clone())
+        .map_err(|e| Error::Unexpected(format!("{kind} {ns}/{name}: bad selector: {e}")))?;
+    Ok((!selector.selects_all()).then_some(selector))
 }
 
 /// Whether `selector` selects an object with `meta`'s labels.
@@ -252,6 +273,104 @@ where
 /// The name of `obj` with its namespace, for logs.
 pub fn key<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The pod's phase, `""` when not reported yet.
+pub(crate) fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// Remembers the soonest moment a pass must look again (a pod about to become available).
+#[derive(Debug, Default)]
+pub(crate) struct Requeue(Option<Duration>);
+
+impl Requeue {
+    /// Asks for another look after `pod` becomes available, if it is Ready but not yet.
+    pub(crate) fn pod(&mut self, pod: &Pod, min_ready_seconds: i32, now: i64) {
+        if let Some(s) = seconds_until_available(pod, min_ready_seconds, now) {
+            let d = Duration::from_secs(u64::try_from(s).unwrap_or(0));
+            self.0 = Some(self.0.map_or(d, |c| c.min(d)));
+        }
+    }
+
+    /// What the pass returns.
+    pub(crate) fn action(&self) -> Action {
+        match self.0 {
+            // One more second: `metav1.Time` has whole seconds.
+            Some(d) => Action::requeue(d + Duration::from_secs(1)),
+            None => Action::await_change(),
+        }
+    }
+}
+
+/// Creates `pods`, a burst at a time.
+pub(crate) async fn create_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<(), kube::Error> {
+    futures::stream::iter(pods)
+        .map(|pod| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) }
+        })
+        .buffer_unordered(BURST)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+}
+
+/// Merge-patches `obj`'s status to `status`, unless `old` (what `obj` has) already equals it.
+pub async fn patch_status_if_changed<K, S>(
+    client: &kube::Client,
+    obj: &K,
+    old: Option<&S>,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: PartialEq + k8s_openapi::serde::Serialize,
+{
+    if old == Some(status) {
+        return Ok(());
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes `pods` (gracefully, only the very pods listed), a burst at a time.
+pub(crate) async fn delete_pods(api: &Api<Pod>, pods: Vec<Pod>) -> Result<(), kube::Error> {
+    futures::stream::iter(pods)
+        .map(|pod| {
+            let api = api.clone();
+            async move {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: pod.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&pod.name_any(), &dp).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(BURST)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

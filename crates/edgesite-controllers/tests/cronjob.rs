@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use edgesite_api::table::parse_rfc3339;
-use edgesite_controllers::{Clock as _, Config, ManualClock};
+use edgesite_controllers::{Clock as _, ManualClock};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -16,16 +16,8 @@ use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 
 mod support;
+use support::batch::{config, has_condition};
 use support::{Cluster, eventually};
-
-fn config(clock: Arc<ManualClock>) -> Config {
-    Config {
-        clock,
-        workload_recheck: Duration::from_millis(100),
-        job_backoff: Duration::ZERO,
-        ..Config::default()
-    }
-}
 
 /// A CronJob whose Jobs run one pod on hollow node `node` for `run` seconds.
 fn cronjob(name: &str, node: &str, run: &str, spec: Value) -> Result<CronJob> {
@@ -58,16 +50,6 @@ async fn jobs_of(client: &Client, cronjob: &str) -> Result<Vec<Job>> {
     list.retain(|j| j.metadata.deletion_timestamp.is_none());
     list.sort_by_key(|j| j.name_any());
     Ok(list)
-}
-
-fn complete(j: &Job) -> bool {
-    j.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Complete" && c.status == "True")
-        })
 }
 
 async fn has_event(client: &Client, object: &str, reason: &str) -> Result<bool> {
@@ -172,7 +154,10 @@ async fn cronjob_creates_a_job_at_the_scheduled_minute() -> Result<()> {
             && st.last_successful_time.is_some())
     })
     .await?;
-    ensure!(complete(&jobs_of(&c.client, "tick").await?[0]));
+    ensure!(has_condition(
+        &jobs_of(&c.client, "tick").await?[0],
+        "Complete"
+    ));
     ensure!(has_event(&c.client, "tick", "SuccessfulCreate").await?);
     ensure!(has_event(&c.client, "tick", "SawCompletedJob").await?);
     ensure!(
@@ -291,7 +276,7 @@ async fn history_limits_prune_finished_jobs() -> Result<()> {
         eventually(20, &format!("round {round} completes"), || async {
             let jobs = jobs_of(&c.client, "kept").await?;
             let last = jobs.iter().find(|j| j.name_any() == *want.last().unwrap());
-            Ok(last.is_some_and(complete)
+            Ok(last.is_some_and(|j| has_condition(j, "Complete"))
                 && cjs
                     .get("kept")
                     .await?

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 mod support;
 use support::kubectl::Kubectl;
-use support::{Cluster, eventually};
+use support::{Cluster, eventually, pod_image, pod_ready};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -55,21 +55,6 @@ async fn pods_by_node(client: &Client, app: &str) -> Result<BTreeMap<String, Vec
     Ok(out)
 }
 
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn image(p: &Pod) -> String {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
-
 /// Waits until exactly `nodes` each run one ready pod of `app` with `image`, and no other
 /// node runs one.
 async fn wait_covering(client: &Client, app: &str, nodes: &[&str], image_: &str) -> Result<()> {
@@ -87,7 +72,7 @@ async fn wait_covering(client: &Client, app: &str, nodes: &[&str], image_: &str)
                     .map(|(n, ps)| (
                         n.clone(),
                         ps.iter()
-                            .map(|p| (image(p), is_ready(p)))
+                            .map(|p| (pod_image(p), pod_ready(p)))
                             .collect::<Vec<_>>()
                     ))
                     .collect::<Vec<_>>()
@@ -96,7 +81,7 @@ async fn wait_covering(client: &Client, app: &str, nodes: &[&str], image_: &str)
             Ok(have == *want
                 && by_node
                     .values()
-                    .all(|ps| ps.len() == 1 && is_ready(&ps[0]) && image(&ps[0]) == image_))
+                    .all(|ps| ps.len() == 1 && pod_ready(&ps[0]) && pod_image(&ps[0]) == image_))
         }
     })
     .await;
@@ -275,7 +260,7 @@ async fn daemonset_covers_eligible_nodes_and_follows_them() -> Result<()> {
         let by_node = pods_by_node(&c.client, "agent").await?;
         Ok(by_node
             .get("ds-2")
-            .is_some_and(|ps| ps.len() == 1 && ps[0].name_any() != victim && is_ready(&ps[0])))
+            .is_some_and(|ps| ps.len() == 1 && ps[0].name_any() != victim && pod_ready(&ps[0])))
     })
     .await?;
 
@@ -343,7 +328,7 @@ async fn track_rollout(
             if !node.is_empty() {
                 *per_node.entry(node.clone()).or_default() += 1;
             }
-            if p.metadata.deletion_timestamp.is_none() && is_ready(p) && !node.is_empty() {
+            if p.metadata.deletion_timestamp.is_none() && pod_ready(p) && !node.is_empty() {
                 ready_nodes.insert(node);
             }
         }
@@ -461,19 +446,18 @@ async fn on_delete_waits_for_pods_to_be_deleted() -> Result<()> {
     .await?;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let old = pods_by_node(&c.client, "od").await?["od-0"][0].name_any();
-    assert_eq!(image(&pods.get(&old).await?), "od:1");
+    assert_eq!(pod_image(&pods.get(&old).await?), "od:1");
     pods.delete(&old, &DeleteParams::default()).await?;
     eventually(
         20,
         "od-0 replaced by the new template, od-1 untouched",
         || async {
             let by_node = pods_by_node(&c.client, "od").await?;
-            Ok(by_node
-                .get("od-0")
-                .is_some_and(|ps| ps.len() == 1 && image(&ps[0]) == "od:2" && is_ready(&ps[0]))
-                && by_node
-                    .get("od-1")
-                    .is_some_and(|ps| ps.len() == 1 && image(&ps[0]) == "od:1"))
+            Ok(by_node.get("od-0").is_some_and(|ps| {
+                ps.len() == 1 && pod_image(&ps[0]) == "od:2" && pod_ready(&ps[0])
+            }) && by_node
+                .get("od-1")
+                .is_some_and(|ps| ps.len() == 1 && pod_image(&ps[0]) == "od:1"))
         },
     )
     .await?;
@@ -521,35 +505,15 @@ async fn kubectl_rollout_status_daemonset() -> Result<()> {
     k.ok(&["set", "image", "daemonset/x", "c=x:2"]).await?;
     let s = k.ok(&rollout).await?;
     assert!(s.contains("successfully rolled out"), "{s}");
-    let images = [
-        "get",
-        "pods",
-        "-l",
-        "app=x",
-        "-o",
-        "jsonpath={.items[*].spec.containers[0].image}",
-    ];
-    assert_eq!(k.ok(&images).await?.trim(), "x:2 x:2 x:2");
-    let s = k.ok(&["rollout", "history", "daemonset/x"]).await?;
-    let revisions: Vec<&str> = s
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(revisions, ["1", "2"], "{s}");
+    assert_eq!(k.pod_images("app=x").await?, "x:2 x:2 x:2");
+    assert_eq!(k.revisions("daemonset/x").await?, ["1", "2"]);
 
     // Undo goes back to the first template (read from its ControllerRevision), which
     // becomes revision 3.
     k.ok(&["rollout", "undo", "daemonset/x"]).await?;
     k.ok(&rollout).await?;
-    assert_eq!(k.ok(&images).await?.trim(), "x:1 x:1 x:1");
-    let s = k.ok(&["rollout", "history", "daemonset/x"]).await?;
-    let revisions: Vec<&str> = s
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(revisions, ["2", "3"], "{s}");
+    assert_eq!(k.pod_images("app=x").await?, "x:1 x:1 x:1");
+    assert_eq!(k.revisions("daemonset/x").await?, ["2", "3"]);
     hollow.stop().await;
     c.stop().await;
     Ok(())

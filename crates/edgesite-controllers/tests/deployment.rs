@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 mod support;
 use support::kubectl::Kubectl;
-use support::{Cluster, HollowNodes, eventually};
+use support::{Cluster, HollowNodes, eventually, pod_image, pod_ready};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
@@ -53,6 +53,24 @@ async fn rolled_out(api: &Api<Deployment>, name: &str) -> Result<bool> {
         && n(s.updated_replicas) == want
         && n(s.replicas) == n(s.updated_replicas)
         && n(s.available_replicas) == n(s.updated_replicas))
+}
+
+/// Creates `deployment(name, replicas, image, strategy)` and waits for it to roll out.
+async fn create_rolled_out(
+    api: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+    image: &str,
+    strategy: Value,
+) -> Result<Deployment> {
+    let d = api
+        .create(
+            &PostParams::default(),
+            &deployment(name, replicas, image, strategy)?,
+        )
+        .await?;
+    wait_rolled_out(api, name).await?;
+    Ok(d)
 }
 
 async fn wait_rolled_out(api: &Api<Deployment>, name: &str) -> Result<()> {
@@ -97,14 +115,6 @@ fn condition(d: &Deployment, ty: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
-fn image(p: &Pod) -> String {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
-
 async fn set_image(api: &Api<Deployment>, name: &str, image: &str) -> Result<()> {
     api.patch(
         name,
@@ -132,13 +142,7 @@ async fn deployment_rolls_out_to_ready_pods_and_scales() -> Result<()> {
     let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.client.clone());
-    deploys
-        .create(
-            &PostParams::default(),
-            &deployment("web", 3, "nginx", json!({}))?,
-        )
-        .await?;
-    wait_rolled_out(&deploys, "web").await?;
+    create_rolled_out(&deploys, "web", 3, "nginx", json!({})).await?;
 
     let d = deploys.get("web").await?;
     let s = d.status.clone().unwrap();
@@ -223,11 +227,7 @@ struct Observed {
 }
 
 fn ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    p.metadata.deletion_timestamp.is_none() && pod_ready(p)
 }
 
 /// Watches pods, replica sets and the deployment in the default namespace and records the
@@ -268,7 +268,7 @@ fn observe(c: &Cluster, name: &str) -> (Arc<Mutex<Observed>>, Vec<tokio::task::J
                         Some("Succeeded" | "Failed")
                     )
                 })
-                .map(image)
+                .map(pod_image)
                 .collect();
             o.mixed |= images.len() > 1;
         }
@@ -319,13 +319,7 @@ async fn rolling_update_stays_within_surge_and_unavailability() -> Result<()> {
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
     let strategy = json!({"type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}});
-    let d = deploys
-        .create(
-            &PostParams::default(),
-            &deployment("api", 6, "api:1", strategy)?,
-        )
-        .await?;
-    wait_rolled_out(&deploys, "api").await?;
+    let d = create_rolled_out(&deploys, "api", 6, "api:1", strategy).await?;
 
     let (seen, tasks) = observe(&c, "api");
     eventually(10, "watches synced", || async {
@@ -377,7 +371,7 @@ async fn rolling_update_stays_within_surge_and_unavailability() -> Result<()> {
     let pods: Api<Pod> = Api::default_namespaced(c.client.clone());
     eventually(10, "only new pods left", || async {
         let all = pods.list(&ListParams::default()).await?.items;
-        Ok(all.len() == 6 && all.iter().all(|p| image(p) == "api:2"))
+        Ok(all.len() == 6 && all.iter().all(|p| pod_image(p) == "api:2"))
     })
     .await?;
     nodes.stop().await;
@@ -392,13 +386,7 @@ async fn resizing_during_a_stuck_rollout_scales_replica_sets_proportionally() ->
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
     let strategy = json!({"type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}});
-    let d = deploys
-        .create(
-            &PostParams::default(),
-            &deployment("big", 10, "big:1", strategy)?,
-        )
-        .await?;
-    wait_rolled_out(&deploys, "big").await?;
+    let d = create_rolled_out(&deploys, "big", 10, "big:1", strategy).await?;
     // The new template fits no node: its pods stay pending and the rollout stalls with
     // 10 + 3 pods, 8 of them old (2 may be unavailable).
     deploys
@@ -439,13 +427,7 @@ async fn recreate_stops_old_pods_before_starting_new_ones() -> Result<()> {
     let (c, nodes) = start().await?;
     let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
-    let d = deploys
-        .create(
-            &PostParams::default(),
-            &deployment("db", 3, "db:1", json!({"type": "Recreate"}))?,
-        )
-        .await?;
-    wait_rolled_out(&deploys, "db").await?;
+    let d = create_rolled_out(&deploys, "db", 3, "db:1", json!({"type": "Recreate"})).await?;
     let (seen, tasks) = observe(&c, "db");
     eventually(10, "watch synced", || async {
         let o = seen.lock().unwrap();
@@ -474,13 +456,7 @@ async fn paused_deployment_scales_but_does_not_roll_out() -> Result<()> {
     let (c, nodes) = start().await?;
     let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
     let rss: Api<ReplicaSet> = Api::default_namespaced(c.client.clone());
-    let d = deploys
-        .create(
-            &PostParams::default(),
-            &deployment("web", 2, "web:1", json!({}))?,
-        )
-        .await?;
-    wait_rolled_out(&deploys, "web").await?;
+    let d = create_rolled_out(&deploys, "web", 2, "web:1", json!({})).await?;
     let pause = |paused: bool| {
         let deploys = deploys.clone();
         async move {
@@ -645,13 +621,7 @@ async fn kubectl_rollout_create_scale_set_image_history_undo_delete() -> Result<
     lines.sort_unstable();
     assert_eq!(lines, ["1=0=busybox", "2=4=busybox:2"], "{rs}");
 
-    let history = k.ok(&["rollout", "history", "deployment/web"]).await?;
-    let revisions: Vec<&str> = history
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
-        .collect();
-    assert_eq!(revisions, ["1", "2"], "{history}");
+    assert_eq!(k.revisions("deployment/web").await?, ["1", "2"]);
 
     let first_rs = k
         .ok(&[

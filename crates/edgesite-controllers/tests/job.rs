@@ -3,12 +3,11 @@
 //! and parallelism, the back-off limit, suspend, the active deadline and the TTL after
 //! finishing on a manual clock, Indexed completion, and `kubectl wait --for=condition=complete`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
-use edgesite_controllers::{Config, ManualClock};
+use anyhow::{Context as _, Result, ensure};
+use edgesite_controllers::ManualClock;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -16,17 +15,9 @@ use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 
 mod support;
+use support::batch::{config, has_condition};
+use support::kubectl::Kubectl;
 use support::{Cluster, eventually};
-
-/// Fast controllers: no failure back-off, short re-checks of time-based state.
-fn config(clock: Arc<ManualClock>) -> Config {
-    Config {
-        clock,
-        workload_recheck: Duration::from_millis(100),
-        job_backoff: Duration::ZERO,
-        ..Config::default()
-    }
-}
 
 /// A Job whose pods run on hollow node `node` with the simulator `annotations`.
 fn job(name: &str, node: &str, spec: Value, annotations: Value, policy: &str) -> Result<Job> {
@@ -56,10 +47,6 @@ fn conditions(j: &Job) -> Vec<(String, String, String)> {
         .into_iter()
         .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
         .collect()
-}
-
-fn has_condition(j: &Job, ty: &str) -> bool {
-    conditions(j).iter().any(|(t, s, _)| t == ty && s == "True")
 }
 
 async fn job_pods(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> {
@@ -480,52 +467,28 @@ async fn indexed_job_completes_every_index() -> Result<()> {
     Ok(())
 }
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
 /// `kubectl create job` then `kubectl wait --for=condition=complete` (the scheduler places
 /// the pod on a hollow node, which runs it for the default second).
 #[tokio::test]
 async fn kubectl_waits_for_a_job_to_complete() -> Result<()> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
     let c = Cluster::start_with(config(Arc::new(ManualClock::new()))).await?;
+    let kubectl = Kubectl::new(&c)?;
     let nodes = c.hollow_nodes(2, "kc", Duration::from_secs(5)).await?;
-    let home = tempfile::tempdir()?;
-    let kubectl = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(KUBECTL);
-        cmd.env("HOME", home.path())
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(c.server.kubeconfig_path())
-            .args(args)
-            .kill_on_drop(true);
-        cmd
-    };
-    for args in [
-        &["create", "job", "once", "--image=busybox", "--", "true"][..],
-        &[
+    kubectl
+        .ok(&["create", "job", "once", "--image=busybox", "--", "true"])
+        .await?;
+    kubectl
+        .ok(&[
             "wait",
             "--for=condition=complete",
             "job/once",
             "--timeout=60s",
-        ][..],
-    ] {
-        let out = tokio::time::timeout(Duration::from_secs(70), kubectl(args).output())
-            .await
-            .context("kubectl did not return")??;
-        println!(
-            "$ kubectl {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            bail!("kubectl {} failed", args.join(" "));
-        }
-    }
-    let out = kubectl(&["get", "job", "once", "-o", "jsonpath={.status.succeeded}"])
-        .output()
+        ])
         .await?;
-    ensure!(String::from_utf8_lossy(&out.stdout) == "1");
+    let out = kubectl
+        .ok(&["get", "job", "once", "-o", "jsonpath={.status.succeeded}"])
+        .await?;
+    ensure!(out == "1");
     nodes.stop().await;
     c.stop().await;
     Ok(())

@@ -3,10 +3,9 @@
 //! endpoints, go with their Service, and `kubectl expose` lists the ready pod IPs.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,9 +14,8 @@ use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 
 mod support;
-use support::{Cluster, eventually};
-
-const KUBECTL: &str = "/usr/bin/kubectl";
+use support::kubectl::Kubectl;
+use support::{Cluster, eventually, pod_ready};
 
 async fn create_pod(client: &Client, ns: &str, name: &str, spec: Value) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -408,50 +406,20 @@ async fn slices_hold_at_most_100_endpoints() -> Result<()> {
     Ok(())
 }
 
-async fn kubectl(home: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(KUBECTL)
-            .env("HOME", home)
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("kubectl {} did not return", args.join(" ")))?
-    .with_context(|| format!("cannot run {KUBECTL}"))?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 #[tokio::test]
 async fn kubectl_expose_lists_the_ready_pod_ips() -> Result<()> {
-    ensure!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing");
     let c = Cluster::start().await?;
+    let kubectl = Kubectl::new(&c)?;
     let nodes = c.hollow_nodes(2, "ep", Duration::from_secs(5)).await?;
-    let home = tempfile::tempdir()?;
-    let kc = c.server.kubeconfig_path().to_owned();
-    kubectl(
-        home.path(),
-        &kc,
-        &[
+    kubectl
+        .ok(&[
             "create",
             "deployment",
             "web",
             "--image=nginx",
             "--replicas=2",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let found = std::sync::Mutex::new(BTreeSet::new());
     eventually(30, "two ready web pods", || async {
@@ -459,7 +427,7 @@ async fn kubectl_expose_lists_the_ready_pod_ips() -> Result<()> {
         let ips: BTreeSet<String> = list
             .items
             .iter()
-            .filter(|p| support_ready(p))
+            .filter(|p| pod_ready(p))
             .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
             .collect();
         let n = ips.len();
@@ -469,27 +437,21 @@ async fn kubectl_expose_lists_the_ready_pod_ips() -> Result<()> {
     .await?;
     let ips = found.into_inner().unwrap();
     let exposed = Instant::now();
-    kubectl(
-        home.path(),
-        &kc,
-        &["expose", "deployment", "web", "--port=80"],
-    )
-    .await?;
+    kubectl
+        .ok(&["expose", "deployment", "web", "--port=80"])
+        .await?;
     let seen = std::sync::Mutex::new(BTreeSet::new());
     eventually(10, "endpoints list the ready pod IPs", || async {
-        let out = kubectl(
-            home.path(),
-            &kc,
-            &[
+        let out = kubectl
+            .ok(&[
                 "get",
                 "endpoints",
                 "web",
                 "-o",
                 "jsonpath={.subsets[*].addresses[*].ip}",
-            ],
-        )
-        .await
-        .unwrap_or_default();
+            ])
+            .await
+            .unwrap_or_default();
         let listed: BTreeSet<String> = out.split_whitespace().map(str::to_owned).collect();
         let done = listed == ips;
         *seen.lock().unwrap() = listed;
@@ -503,29 +465,19 @@ async fn kubectl_expose_lists_the_ready_pod_ips() -> Result<()> {
         took < Duration::from_secs(3),
         "endpoints took {took:?} (kubectl runs included)"
     );
-    let out = kubectl(
-        home.path(),
-        &kc,
-        &[
+    let out = kubectl
+        .ok(&[
             "get",
             "endpointslices",
             "-l",
             "kubernetes.io/service-name=web",
             "-o",
             "jsonpath={.items[*].endpoints[*].addresses[0]}",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     let sliced: BTreeSet<String> = out.split_whitespace().map(str::to_owned).collect();
     assert_eq!(sliced, ips);
     nodes.stop().await;
     c.stop().await;
     Ok(())
-}
-
-fn support_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 mod support;
 use support::kubectl::Kubectl;
-use support::{Cluster, eventually};
+use support::{Cluster, eventually, pod_image, pod_ready};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -41,21 +41,6 @@ fn statefulset(name: &str, replicas: i32, image: &str, extra: Value) -> Result<S
         }
     }
     Ok(serde_json::from_value(v)?)
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn image(p: &Pod) -> String {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
 }
 
 /// One step in the life of the set's pods, as a watch saw it.
@@ -97,7 +82,7 @@ impl Recorder {
                         watcher::Event::InitApply(p) => {
                             live.insert(
                                 p.name_any(),
-                                (p.uid().unwrap_or_default(), is_ready(&p), false),
+                                (p.uid().unwrap_or_default(), pod_ready(&p), false),
                             );
                         }
                         watcher::Event::InitDone => {
@@ -122,7 +107,11 @@ impl Recorder {
                                         live.get(&format!("{app}-{o}"))
                                             .is_some_and(|(_, r, l)| *r && !*l)
                                     });
-                                    steps.push(Step::Added(name.clone(), image(&p), lower_ready));
+                                    steps.push(Step::Added(
+                                        name.clone(),
+                                        pod_image(&p),
+                                        lower_ready,
+                                    ));
                                 }
                             }
                             let was_leaving =
@@ -130,7 +119,7 @@ impl Recorder {
                             if leaving && !was_leaving {
                                 steps.push(Step::Leaving(name.clone()));
                             }
-                            live.insert(name, (uid, is_ready(&p), leaving));
+                            live.insert(name, (uid, pod_ready(&p), leaving));
                         }
                         watcher::Event::Delete(p) => {
                             let name = p.name_any();
@@ -187,7 +176,7 @@ async fn wait_settled(
         let pods = live_pods(client, app).await?;
         let have: Vec<(String, String, bool)> = pods
             .values()
-            .map(|p| (p.name_any(), image(p), is_ready(p)))
+            .map(|p| (p.name_any(), pod_image(p), pod_ready(p)))
             .collect();
         let sts = api.get(app).await?;
         let s = sts.status.clone().unwrap_or_default();
@@ -266,7 +255,7 @@ async fn ordered_stable_pods_come_back_and_scale_down_from_the_top() -> Result<(
     pods_api.delete("db-1", &DeleteParams::default()).await?;
     eventually(20, "db-1 recreated and ready", || async {
         let p = pods_api.get_opt("db-1").await?;
-        Ok(p.is_some_and(|p| p.uid().as_deref() != Some(&old_uid) && is_ready(&p)))
+        Ok(p.is_some_and(|p| p.uid().as_deref() != Some(&old_uid) && pod_ready(&p)))
     })
     .await?;
     wait_settled(
@@ -369,11 +358,11 @@ async fn partitioned_rolling_update_goes_from_the_top_down() -> Result<()> {
     let uid0 = pods["web-0"].uid().unwrap();
     eventually(20, "web-0 recreated", || async {
         let p = pods_api.get_opt("web-0").await?;
-        Ok(p.is_some_and(|p| p.uid().as_deref() != Some(uid0.as_str()) && is_ready(&p)))
+        Ok(p.is_some_and(|p| p.uid().as_deref() != Some(uid0.as_str()) && pod_ready(&p)))
     })
     .await?;
     let p0 = pods_api.get("web-0").await?;
-    assert_eq!(image(&p0), "web:1");
+    assert_eq!(pod_image(&p0), "web:1");
 
     // Partition 0 finishes the rollout; the update revision becomes current.
     api.patch(
@@ -494,15 +483,7 @@ async fn kubectl_rollout_status_statefulset() -> Result<()> {
         s.contains("partitioned roll out complete: 3 new pods have been updated"),
         "{s}"
     );
-    let images = [
-        "get",
-        "pods",
-        "-l",
-        "app=x",
-        "-o",
-        "jsonpath={.items[*].spec.containers[0].image}",
-    ];
-    assert_eq!(k.ok(&images).await?.trim(), "x:2 x:2 x:2");
+    assert_eq!(k.pod_images("app=x").await?, "x:2 x:2 x:2");
     let api: Api<StatefulSet> = Api::namespaced(c.client.clone(), "default");
     eventually(10, "the update revision became current", || async {
         let s = api.get("x").await?.status.unwrap_or_default();

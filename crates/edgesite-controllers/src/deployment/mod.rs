@@ -242,6 +242,14 @@ impl Sync<'_> {
             .collect()
     }
 
+    /// Merge-patches the ReplicaSet `name`: a merge patch, so the ReplicaSet controller's
+    /// status writes cannot make it conflict.
+    async fn merge_patch_rs(&self, name: &str, patch: Value) -> Result<ReplicaSet, kube::Error> {
+        self.rss
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+    }
+
     fn new_rs_name(&self) -> String {
         self.new.map(|i| self.all[i].name_any()).unwrap_or_default()
     }
@@ -311,15 +319,7 @@ impl Sync<'_> {
             json!(refs)
         };
         let patch = json!({"metadata": {"ownerReferences": refs}});
-        match self
-            .rss
-            .patch(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-        {
+        match self.merge_patch_rs(&rs.name_any(), patch).await {
             Ok(rs) => Ok(Some(rs)),
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
             Err(e) => Err(e.into()),
@@ -382,14 +382,7 @@ impl Sync<'_> {
                     "metadata": {"annotations": rs.metadata.annotations},
                     "spec": {"minReadySeconds": min_ready},
                 });
-                rs = self
-                    .rss
-                    .patch(
-                        &rs.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(patch),
-                    )
-                    .await?;
+                rs = self.merge_patch_rs(&rs.name_any(), patch).await?;
             }
             self.set_deployment_revision(revision(&rs));
             self.all[i] = rs;
@@ -548,14 +541,7 @@ impl Sync<'_> {
             },
             "spec": {"replicas": to},
         });
-        let updated = self
-            .rss
-            .patch(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
+        let updated = self.merge_patch_rs(&rs.name_any(), patch).await?;
         if size_changed {
             info!(deployment = %key(&self.d), replicaset = %updated.name_any(), from, to, "scaled replica set");
         }

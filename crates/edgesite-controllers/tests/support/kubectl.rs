@@ -76,4 +76,30 @@ impl Kubectl {
         std::fs::write(&p, json)?;
         Ok(p.to_str().context("utf-8 path")?.to_owned())
     }
+
+    /// The revision numbers `kubectl rollout history <target>` lists, oldest first.
+    pub async fn revisions(&self, target: &str) -> Result<Vec<String>> {
+        let history = self.ok(&["rollout", "history", target]).await?;
+        Ok(history
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The first container's image of every pod matching `selector`, space-separated.
+    pub async fn pod_images(&self, selector: &str) -> Result<String> {
+        let out = self
+            .ok(&[
+                "get",
+                "pods",
+                "-l",
+                selector,
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ])
+            .await?;
+        Ok(out.trim().to_owned())
+    }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod batch;
 pub mod kubectl;
 
 use std::future::Future;
@@ -222,4 +223,21 @@ pub async fn deployment_tree(client: &Client, ns: &str) -> Result<(Deployment, R
     .await?;
     let rs = rss.get("web-1").await?;
     Ok((d, rs))
+}
+
+/// Whether the pod's `Ready` condition is `True`.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The image of the pod's first container (`""` without one).
+pub fn pod_image(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
