@@ -193,6 +193,7 @@ impl Server {
         let client_addr = SocketAddr::new(client_host, local_addr.port());
         let url = format!("https://{client_addr}");
 
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(ApiState {
             storage: crate::storage::Storage::new(store.clone()),
             services: crate::allocator::ServiceAllocator::new(
@@ -206,6 +207,7 @@ impl Server {
             authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
             authorizer: Arc::new(MastersAuthorizer),
             shutting_down: AtomicBool::new(false),
+            shutdown: shutdown_rx.clone(),
         });
         // Before anything is served: Services whose allocation keys were lost in a crash get
         // them back, so no new Service can be handed their address.
@@ -216,7 +218,6 @@ impl Server {
             warn!(%err, "cannot seed the built-in objects");
         }
         let app = router(state.clone());
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let accept_loop = tokio::spawn(accept_loop(
             listener,
             tls,

@@ -52,6 +52,9 @@ pub struct ApiState {
     pub authorizer: Arc<dyn Authorizer>,
     /// Set when shutdown begins; `/readyz` then fails so load balancers stop sending traffic.
     pub shutting_down: AtomicBool,
+    /// Turns true when shutdown begins: open watches end then (clients re-watch elsewhere or
+    /// once the server is back), so connections close and shutdown does not wait for them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The API router over `state`. Requests should carry a [`ConnectionInfo`] extension (the

@@ -94,26 +94,36 @@ pub async fn watch(
         }
         Err(e) => return Err(storage::cache_error(e)),
     }
-    let stream = futures::stream::unfold(st, |mut st| async move {
-        loop {
-            if let Some(ev) = st.pending.take() {
-                return Some((Ok::<_, std::convert::Infallible>(line(&ev)), st));
-            }
-            let w = st.watch.as_mut()?;
-            let next = match st.deadline {
-                Some(d) => tokio::time::timeout_at(d, w.next()).await.ok()?,
-                None => w.next().await,
-            };
-            match next? {
-                Err(e) => {
-                    st.watch = None;
-                    if matches!(e, WatchCacheError::TooOld { .. }) {
-                        st.pending = Some(error_event(&storage::cache_error(e)));
-                    }
+    let stop = state.shutdown.clone();
+    let stream = futures::stream::unfold(st, move |mut st| {
+        let mut stop = stop.clone();
+        async move {
+            loop {
+                if let Some(ev) = st.pending.take() {
+                    return Some((Ok::<_, std::convert::Infallible>(line(&ev)), st));
                 }
-                Ok(item) => {
-                    if let Some(line) = st.convert(item) {
-                        return Some((Ok(line), st));
+                let w = st.watch.as_mut()?;
+                let next = tokio::select! {
+                    // Shutting down: end the watch so the connection can close.
+                    _ = stop.wait_for(|s| *s) => return None,
+                    next = async {
+                        match st.deadline {
+                            Some(d) => tokio::time::timeout_at(d, w.next()).await.ok(),
+                            None => Some(w.next().await),
+                        }
+                    } => next?,
+                };
+                match next? {
+                    Err(e) => {
+                        st.watch = None;
+                        if matches!(e, WatchCacheError::TooOld { .. }) {
+                            st.pending = Some(error_event(&storage::cache_error(e)));
+                        }
+                    }
+                    Ok(item) => {
+                        if let Some(line) = st.convert(item) {
+                            return Some((Ok(line), st));
+                        }
                     }
                 }
             }
