@@ -29,7 +29,6 @@
 //! [`run_all`] runs every controller until a shutdown signal; [`leader::run_elected`] runs it
 //! only while this process holds the controllers' Lease.
 
-pub mod clock;
 pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
@@ -57,7 +56,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use edgesite_clock::{Clock, ManualClock, SystemClock};
 
 /// The user in-process controllers act as (upstream's controller manager identity).
 pub const CONTROLLER_USER: &str = "system:kube-controller-manager";
