@@ -181,6 +181,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let server = Server::start(config)
         .await
         .context("cannot start the server")?;
+    // One line to copy into another terminal; absolute, so it works from any directory.
+    let kubeconfig = std::path::absolute(server.kubeconfig_path())
+        .unwrap_or_else(|_| server.kubeconfig_path().to_owned());
+    eprintln!("export KUBECONFIG={}", kubeconfig.display());
     // The controllers talk to the API in-process. Until RBAC exists they need system:masters.
     let client =
         server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
