@@ -24,6 +24,7 @@ mod error;
 mod types;
 
 pub mod embedded;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod watch_cache;
 
@@ -244,6 +245,7 @@ pub enum DatastoreConfig {
     /// The embedded engine, in one file.
     Embedded(embedded::EmbeddedConfig),
     /// A real etcd cluster.
+    #[cfg(feature = "etcd")]
     Etcd(etcd::EtcdConfig),
 }
 
@@ -257,7 +259,13 @@ impl DatastoreConfig {
     /// `tls` filled in by the caller) selects etcd; anything else is an error. The embedded
     /// store is chosen by passing no URL at all.
     pub fn from_url(url: &str) -> Result<Self> {
-        etcd::EtcdConfig::from_url(url).map(Self::Etcd)
+        #[cfg(feature = "etcd")]
+        return etcd::EtcdConfig::from_url(url).map(Self::Etcd);
+        #[cfg(not(feature = "etcd"))]
+        Err(Error::InvalidRequest(format!(
+            "cannot use the datastore {url:?}: this build has no etcd backend \
+             (build with the `etcd` feature)"
+        )))
     }
 }
 
@@ -267,6 +275,7 @@ pub async fn open(config: &DatastoreConfig) -> Result<std::sync::Arc<dyn Store>>
         DatastoreConfig::Embedded(c) => {
             std::sync::Arc::new(embedded::EmbeddedStore::open(c.clone()).await?)
         }
+        #[cfg(feature = "etcd")]
         DatastoreConfig::Etcd(c) => std::sync::Arc::new(etcd::EtcdStore::connect(c.clone()).await?),
     })
 }
