@@ -56,6 +56,9 @@ struct Counts {
     heartbeat_secs: u64,
     idle_settle: Duration,
     idle_window: Duration,
+    /// Pods run on the idle nodes afterwards (in Deployments of 1000 replicas), for the
+    /// "RSS with nodes and pods" figure.
+    loaded_pods: usize,
 }
 
 impl Counts {
@@ -68,6 +71,7 @@ impl Counts {
             heartbeat_secs: 10,
             idle_settle: Duration::from_secs(if quick { 10 } else { 20 }),
             idle_window: Duration::from_secs(if quick { 20 } else { 60 }),
+            loaded_pods: if quick { 2000 } else { 10_000 },
         }
     }
 }
@@ -125,6 +129,88 @@ pub async fn run(plan: &Plan, base: &Path, progress: &dyn Fn(String)) -> Outcome
         fail("idle", &e);
     }
     Outcome { failures }
+}
+
+/// Runs `counts.loaded_pods` pods on the idle site's nodes (Deployments of 1000 replicas) and
+/// reports the server's memory once they are all Ready and it has settled.
+async fn loaded_figure(
+    counts: &Counts,
+    site: &Site,
+    progress: &dyn Fn(String),
+) -> anyhow::Result<()> {
+    const PER_DEPLOYMENT: usize = 1000;
+    let deployments: Api<Deployment> = Api::namespaced(site.client.clone(), NAMESPACE);
+    let names: Vec<String> = (0..counts.loaded_pods.div_ceil(PER_DEPLOYMENT))
+        .map(|i| format!("load-{i}"))
+        .collect();
+    progress(format!(
+        "cluster: {} pods in {} Deployments on {} nodes",
+        counts.loaded_pods,
+        names.len(),
+        counts.idle_nodes
+    ));
+    let started = Instant::now();
+    for name in &names {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": PER_DEPLOYMENT,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "web", "image": "busybox",
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+                },
+            },
+        }))?;
+        deployments.create(&PostParams::default(), &d).await?;
+    }
+    let replicas = i32::try_from(PER_DEPLOYMENT)?;
+    let timeout = Duration::from_secs(600);
+    loop {
+        let list = deployments.list(&ListParams::default()).await?;
+        let done = list
+            .items
+            .iter()
+            .filter(|d| names.contains(&d.name_any()) && rolled_out(d, replicas))
+            .count();
+        if done == names.len() {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{done} of {} Deployments rolled out after {timeout:?}",
+                names.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let rolled_out_after = started.elapsed();
+    tokio::time::sleep(counts.idle_settle).await;
+    let mem = machine::Memory::of_process(Some(site.server.pid))?;
+    figure(
+        &format!(
+            "server RSS, {} nodes + {} pods",
+            counts.idle_nodes, counts.loaded_pods
+        ),
+        Some(mem.rss_kib as f64 / 1024.0),
+        Unit::MiB,
+        Some(Goal::Below(mb(300.0), "< 300 MB")),
+    );
+    note(&format!(
+        "{} pods Ready {:.1} s after the first create; after {} s of settling: VmRSS {:.1} MiB = \
+         anon {:.1} + file {:.1} MiB, peak (VmHWM) {:.1} MiB",
+        counts.loaded_pods,
+        rolled_out_after.as_secs_f64(),
+        counts.idle_settle.as_secs(),
+        mem.rss_kib as f64 / 1024.0,
+        mem.anon_kib as f64 / 1024.0,
+        mem.file_kib as f64 / 1024.0,
+        mem.hwm_kib as f64 / 1024.0
+    ));
+    Ok(())
 }
 
 /// A child process of the bench, killed if still running when dropped.
@@ -647,7 +733,7 @@ async fn idle_figures(
             "only {ready} of {} nodes Ready at the end",
             counts.idle_nodes
         );
-        anyhow::Ok(())
+        loaded_figure(counts, &site, progress).await
     }
     .await;
     let stopped = site.stop().await;
