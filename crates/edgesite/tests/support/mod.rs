@@ -152,9 +152,9 @@ pub fn start_server(data_dir: &Path, log: &Path, extra: &[&str]) -> Result<(Runn
 
 /// Sends SIGTERM and checks that the server logs its shutdown and exits with success.
 pub fn terminate(mut running: Running, log: &Path) -> Result<()> {
-    let pid = running.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status()?;
-    ensure!(status.success(), "kill -TERM failed");
+    // The signal itself, not /bin/kill: procps is not on every Debian (minbase has none).
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(running.child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("kill -TERM")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = running.child.try_wait()? {
