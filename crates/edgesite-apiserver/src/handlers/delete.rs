@@ -296,9 +296,8 @@ enum Plan {
 
 /// What deleting `current` means, given the options (upstream's `BeforeDelete` and
 /// `updateForGracefulDeletionAndFinalizers`, folded into one decision).
-fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions) -> Plan {
+fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions, now: i64) -> Plan {
     let mut obj = current.clone();
-    let now = edgesite_api::table::unix_now();
     let md = current.get("metadata");
     let existing_ts = md
         .and_then(|m| m.get("deletionTimestamp"))
@@ -356,7 +355,10 @@ fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions) -> Plan {
     if !md.contains_key("deletionTimestamp") {
         bump_generation(md);
     }
-    md.insert("deletionTimestamp".into(), storage::now_rfc3339().into());
+    md.insert(
+        "deletionTimestamp".into(),
+        storage::format_rfc3339(now).into(),
+    );
     md.insert("deletionGracePeriodSeconds".into(), 0.into());
     if let Some(ts) = existing_ts {
         // Keep the first deletion time.
@@ -409,7 +411,7 @@ fn check_preconditions(
 /// Namespace deletion (upstream's namespace storage): the first DELETE marks it
 /// `Terminating` with a deletion timestamp and leaves it to the namespace controller while
 /// `spec.finalizers` is not empty.
-fn plan_namespace(current: &Value, opts: &DeleteOptions) -> Plan {
+fn plan_namespace(current: &Value, opts: &DeleteOptions, now: i64) -> Plan {
     let marked = current.pointer("/metadata/deletionTimestamp").is_some();
     if marked {
         if !spec_finalizers(current).is_empty() {
@@ -433,8 +435,12 @@ fn plan_namespace(current: &Value, opts: &DeleteOptions) -> Plan {
         return Plan::Remove;
     }
     set_finalizers(&mut obj, after);
-    let md = metadata_mut(&mut obj).expect("object");
-    md.insert("deletionTimestamp".into(), storage::now_rfc3339().into());
+    if let Some(md) = metadata_mut(&mut obj) {
+        md.insert(
+            "deletionTimestamp".into(),
+            storage::format_rfc3339(now).into(),
+        );
+    }
     if let Some(o) = obj.as_object_mut() {
         let status = o.entry("status").or_insert_with(|| json!({}));
         if let Some(s) = status.as_object_mut() {
@@ -472,12 +478,13 @@ pub async fn delete_object(
             .await
             .map_err(storage::store_error)?
             .ok_or_else(|| ApiError::not_found(r, name))?;
-        let current = decode(&kv, kv.mod_revision);
+        let current = decode(&kv, kv.mod_revision)?;
         check_preconditions(r, name, &current, opts)?;
+        let now = state.clock.unix_seconds();
         let plan = if namespace {
-            plan_namespace(&current, opts)
+            plan_namespace(&current, opts, now)
         } else {
-            plan(r, &current, opts)
+            plan(r, &current, opts, now)
         };
         match plan {
             Plan::Pending => {
@@ -592,7 +599,7 @@ pub(super) async fn delete_collection(
         .map_err(storage::store_error)?;
     let mut items = Vec::new();
     for kv in &resp.kvs {
-        let obj = decode(kv, kv.mod_revision);
+        let obj = decode(kv, kv.mod_revision)?;
         if !sel.matches(&obj) {
             continue;
         }
@@ -679,7 +686,7 @@ pub async fn admit_create(
         .await
         .map_err(storage::store_error)?
         .ok_or_else(|| ApiError::not_found(nsr, ns))?;
-    let obj = decode(&kv, kv.mod_revision);
+    let obj = decode(&kv, kv.mod_revision)?;
     let terminating = obj.pointer("/metadata/deletionTimestamp").is_some()
         || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
     if terminating {
@@ -697,6 +704,9 @@ pub async fn admit_create(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 2024-03-01T00:00:00Z.
+    const NOW: i64 = 1_709_251_200;
 
     fn pods() -> &'static ResourceInfo {
         registry::lookup("", "v1", "pods").unwrap()
@@ -737,30 +747,30 @@ mod tests {
     fn bound_pods_are_graceful_unbound_are_not() {
         let unbound = json!({"metadata": {"name": "p"}, "spec": {}});
         assert!(matches!(
-            plan(pods(), &unbound, &DeleteOptions::default()),
+            plan(pods(), &unbound, &DeleteOptions::default(), NOW),
             Plan::Remove
         ));
         let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
-        let Plan::Keep(kept) = plan(pods(), &bound, &DeleteOptions::default()) else {
+        let Plan::Keep(kept) = plan(pods(), &bound, &DeleteOptions::default(), NOW) else {
             panic!("bound pod deleted at once");
         };
         assert_eq!(kept["metadata"]["deletionGracePeriodSeconds"], 30);
         // Deleting again with the same grace changes nothing; with 0 it goes.
         assert!(matches!(
-            plan(pods(), &kept, &DeleteOptions::default()),
+            plan(pods(), &kept, &DeleteOptions::default(), NOW),
             Plan::Pending
         ));
         let now = DeleteOptions {
             grace_period: Some(0),
             ..DeleteOptions::default()
         };
-        assert!(matches!(plan(pods(), &kept, &now), Plan::Remove));
+        assert!(matches!(plan(pods(), &kept, &now, NOW), Plan::Remove));
         // Shortening keeps the start: timestamp moves back by the difference.
         let five = DeleteOptions {
             grace_period: Some(5),
             ..DeleteOptions::default()
         };
-        let Plan::Keep(shorter) = plan(pods(), &kept, &five) else {
+        let Plan::Keep(shorter) = plan(pods(), &kept, &five, NOW) else {
             panic!("not shortened");
         };
         let t0 = parse_rfc3339(kept["metadata"]["deletionTimestamp"].as_str().unwrap()).unwrap();
@@ -775,7 +785,7 @@ mod tests {
             propagation: Some(Propagation::Foreground),
             ..DeleteOptions::default()
         };
-        let Plan::Keep(kept) = plan(deployments(), &obj, &fg) else {
+        let Plan::Keep(kept) = plan(deployments(), &obj, &fg, NOW) else {
             panic!("deleted despite foreground");
         };
         assert_eq!(
@@ -784,33 +794,36 @@ mod tests {
         );
         assert_eq!(kept["metadata"]["deletionGracePeriodSeconds"], 0);
         assert_eq!(kept["metadata"]["generation"], 2);
-        assert!(matches!(plan(deployments(), &kept, &fg), Plan::Pending));
+        assert!(matches!(
+            plan(deployments(), &kept, &fg, NOW),
+            Plan::Pending
+        ));
         // Switching to background drops the GC finalizer: now it can go.
         let bg = DeleteOptions {
             propagation: Some(Propagation::Background),
             ..DeleteOptions::default()
         };
-        assert!(matches!(plan(deployments(), &kept, &bg), Plan::Remove));
+        assert!(matches!(plan(deployments(), &kept, &bg, NOW), Plan::Remove));
     }
 
     #[test]
     fn namespaces_terminate_first() {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-        let Plan::Keep(t) = plan_namespace(&ns, &DeleteOptions::default()) else {
+        let Plan::Keep(t) = plan_namespace(&ns, &DeleteOptions::default(), NOW) else {
             panic!("namespace removed");
         };
         assert_eq!(t["status"]["phase"], "Terminating");
         assert!(t["metadata"]["deletionTimestamp"].is_string());
         assert!(namespace_spec_finalizers_pending(&t));
         assert!(matches!(
-            plan_namespace(&t, &DeleteOptions::default()),
+            plan_namespace(&t, &DeleteOptions::default(), NOW),
             Plan::Pending
         ));
         let done = finalize_namespace(&t, &json!({"spec": {"finalizers": []}}));
         assert!(!namespace_spec_finalizers_pending(&done));
         assert!(matches!(
-            plan_namespace(&done, &DeleteOptions::default()),
+            plan_namespace(&done, &DeleteOptions::default(), NOW),
             Plan::Remove
         ));
     }

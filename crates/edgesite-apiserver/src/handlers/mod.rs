@@ -14,7 +14,6 @@ mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -42,6 +41,9 @@ pub struct ApiState {
     pub storage: crate::storage::Storage,
     /// Service cluster IP and node port allocation.
     pub services: crate::allocator::ServiceAllocator,
+    /// Where every timestamp and interval of the handlers comes from (a `ManualClock` in
+    /// tests that need to move time).
+    pub clock: Arc<dyn edgesite_clock::Clock>,
     /// `host:port` clients should use, reported by `GET /api`.
     pub server_address: String,
     /// The `/version` body, computed once.
@@ -91,7 +93,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.clone(),
             authenticate_and_authorize,
         ))
-        .layer(middleware::from_fn(crate::metrics::middleware))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::middleware,
+        ))
         .with_state(state)
 }
 
@@ -109,7 +114,7 @@ async fn authenticate_and_authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
+    let started = state.clock.instant();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let conn = req
@@ -179,7 +184,7 @@ async fn authenticate_and_authorize(
         %path,
         %user,
         status = resp.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        micros = state.clock.instant().duration_since(started).as_micros() as u64,
         "request"
     );
     resp

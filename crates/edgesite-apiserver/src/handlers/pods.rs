@@ -118,7 +118,7 @@ async fn bind(
             .await
             .map_err(storage::store_error)?
             .ok_or_else(|| ApiError::not_found(pods, a.name))?;
-        let mut pod = decode(&kv, kv.mod_revision);
+        let mut pod = decode(&kv, kv.mod_revision)?;
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::conflict_with(
                 pods,
@@ -159,7 +159,7 @@ async fn bind(
                 }
             }
         }
-        set_scheduled_condition(&mut pod);
+        set_scheduled_condition(&mut pod, &state.clock.rfc3339());
         if a.dry_run {
             return Ok(());
         }
@@ -177,7 +177,7 @@ async fn bind(
 }
 
 /// Adds (or sets) the `PodScheduled=True` condition.
-fn set_scheduled_condition(pod: &mut Value) {
+fn set_scheduled_condition(pod: &mut Value, now: &str) {
     let Some(obj) = pod.as_object_mut() else {
         return;
     };
@@ -193,7 +193,7 @@ fn set_scheduled_condition(pod: &mut Value) {
         "type": "PodScheduled",
         "status": "True",
         "lastProbeTime": null,
-        "lastTransitionTime": storage::now_rfc3339(),
+        "lastTransitionTime": now,
     });
     match list
         .iter_mut()

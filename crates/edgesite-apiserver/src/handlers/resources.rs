@@ -12,7 +12,7 @@ use edgesite_api::patch::{self, KnownMergeKeys};
 use edgesite_api::registry::{self, ResourceInfo};
 use edgesite_api::selector::{FieldSelector, LabelSelector};
 use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE};
-use edgesite_api::table::{IncludeObject, TableOptions, table_for, unix_now};
+use edgesite_api::table::{IncludeObject, TableOptions, table_for};
 use edgesite_api::validation;
 use edgesite_store::watch_cache::{ListOptions, WatchCacheError};
 use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest};
@@ -167,7 +167,7 @@ impl Ctx {
     }
 
     fn table_options(&self) -> TableOptions {
-        let mut o = TableOptions::at(unix_now());
+        let mut o = TableOptions::at(self.state.clock.unix_seconds());
         if let Some(i) = self.param("includeObject").and_then(IncludeObject::parse) {
             o.include_object = i;
         }
@@ -257,7 +257,7 @@ async fn handle_inner(
         }
         (Method::GET, Some(name)) => {
             let kv = get_kv(&ctx, &name).await?;
-            let obj = decode(&kv, kv.mod_revision);
+            let obj = decode(&kv, kv.mod_revision)?;
             Ok(ctx.respond(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
@@ -459,7 +459,7 @@ pub async fn create_object(
         md.remove("deletionTimestamp");
         md.remove("deletionGracePeriodSeconds");
         md.insert("uid".into(), storage::new_uid().into());
-        md.insert("creationTimestamp".into(), storage::now_rfc3339().into());
+        md.insert("creationTimestamp".into(), state.clock.rfc3339().into());
         md.insert("generation".into(), 1.into());
     }
     let attempts = if given.is_empty() { 8 } else { 1 };
@@ -617,7 +617,7 @@ async fn update_loop(
     let store = &ctx.state.storage.store;
     for _ in 0..16 {
         let kv = get_kv(ctx, name).await?;
-        let current = decode(&kv, kv.mod_revision);
+        let current = decode(&kv, kv.mod_revision)?;
         let mut new = compute(&current)?;
         if !status_sub {
             validation::default_update(ctx.r, &current, &mut new);
@@ -815,7 +815,7 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         }
         .map_err(storage::cache_error)?;
         for kv in page.items {
-            if everything || sel.matches(&decode(&kv, kv.mod_revision)) {
+            if everything || sel.matches(&decode(&kv, kv.mod_revision)?) {
                 items.push(kv);
             }
         }
@@ -843,12 +843,12 @@ async fn list_from_store(
         .range(RangeRequest::new(KeyRange::Prefix(prefix.as_bytes().to_vec())).at_revision(rv))
         .await
         .map_err(storage::store_error)?;
-    let items = resp
-        .kvs
-        .into_iter()
-        .filter(|kv| sel.is_everything() || sel.matches(&decode(kv, kv.mod_revision)))
-        .map(Arc::new)
-        .collect();
+    let mut items = Vec::with_capacity(resp.kvs.len());
+    for kv in resp.kvs {
+        if sel.is_everything() || sel.matches(&decode(&kv, kv.mod_revision)?) {
+            items.push(Arc::new(kv));
+        }
+    }
     list_response(ctx, items, rv, None)
 }
 
@@ -862,9 +862,15 @@ fn list_response(
         let mut o = ctx.table_options();
         o.resource_version = Some(revision.to_string());
         o.continue_token = cont;
-        let objs: Vec<Value> = items.iter().map(|kv| decode(kv, kv.mod_revision)).collect();
+        let objs = items
+            .iter()
+            .map(|kv| decode(kv, kv.mod_revision))
+            .collect::<Result<Vec<Value>, ApiError>>()?;
         let refs: Vec<&Value> = objs.iter().collect();
         return Ok(json_response(StatusCode::OK, &table_for(ctx.r, &refs, &o)));
+    }
+    for kv in &items {
+        storage::check_readable(kv)?;
     }
     let mut metadata = Map::new();
     metadata.insert("resourceVersion".into(), revision.to_string().into());

@@ -93,7 +93,7 @@ async fn handle_scale(
             .await
             .map_err(storage::store_error)?
             .ok_or_else(|| ApiError::not_found(req.r, req.name))?;
-        let current = decode(&kv, kv.mod_revision);
+        let current = decode(&kv, kv.mod_revision)?;
         let scale = scale_of(&current);
         let Some(change) = &change else {
             return Ok((StatusCode::OK, scale));
