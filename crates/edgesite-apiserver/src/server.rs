@@ -200,14 +200,16 @@ impl Server {
         let url = format!("https://{client_addr}");
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let services = Arc::new(crate::allocator::ServiceAllocator::new(
+            store.clone(),
+            config.service_cidr,
+            config.node_port_range.clone(),
+            clock.clone(),
+        ));
         let state = Arc::new(ApiState {
             storage: crate::storage::Storage::new(store.clone()),
-            services: crate::allocator::ServiceAllocator::new(
-                store.clone(),
-                config.service_cidr,
-                config.node_port_range.clone(),
-                clock.clone(),
-            ),
+            admission: crate::admission::AdmissionChain::standard(store.clone(), services.clone()),
+            services,
             clock: clock.clone(),
             store,
             server_address: client_addr.to_string(),

@@ -1,19 +1,21 @@
 //! Deletion, as kube-apiserver's generic registry does it: `DeleteOptions` (propagation policy,
 //! grace period, preconditions, dry run), graceful deletion of pods bound to a node, the garbage
-//! collector's `orphan`/`foregroundDeletion` finalizers, namespace termination, `deletecollection`,
-//! and the NamespaceLifecycle admission check that guards creates.
+//! collector's `orphan`/`foregroundDeletion` finalizers, namespace termination and
+//! `deletecollection` (the NamespaceLifecycle admission plugin guards namespace deletes).
 //!
 //! A child module of `resources` (it shares that module's request context and helpers).
 
 use axum::http::StatusCode;
 use axum::response::Response;
 use edgesite_api::registry::{self, GroupKind, ResourceInfo};
-use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE, success_status_json};
-use edgesite_store::{Error as StoreError, KeyRange, RangeRequest};
+use edgesite_api::status::{ApiError, Cause, success_status_json};
+use edgesite_store::{KeyRange, RangeRequest};
 use serde_json::{Value, json};
 
+use super::super::guaranteed_update::{Decide, Step, guaranteed_update};
 use super::{ApiState, Ctx, Selectors};
-use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
+use crate::admission::{Attributes, Operation, Reservations};
+use crate::storage::{self, decode, meta_str, metadata_mut, set_resource_version};
 
 /// The finalizer that asks the garbage collector to orphan the dependents.
 pub const FINALIZER_ORPHAN: &str = "orphan";
@@ -21,8 +23,6 @@ pub const FINALIZER_ORPHAN: &str = "orphan";
 pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
 /// The namespace controller's entry in a Namespace's `spec.finalizers`.
 pub const FINALIZER_KUBERNETES: &str = "kubernetes";
-/// Namespaces that cannot be deleted (upstream's immortal namespaces).
-const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 /// `DeleteOptions.propagationPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,7 +333,9 @@ fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions, now: i64) -> Pl
     if let Some((period, at)) = graceful_period
         && period > 0
     {
-        let md = metadata_mut(&mut obj).expect("object");
+        let Some(md) = metadata_mut(&mut obj) else {
+            return Plan::Pending;
+        };
         md.insert(
             "deletionTimestamp".into(),
             storage::format_rfc3339(at).into(),
@@ -346,7 +348,9 @@ fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions, now: i64) -> Pl
         return Plan::Remove;
     }
     // Finalizers keep it: mark it as being deleted (grace 0) if it is not yet.
-    let md = metadata_mut(&mut obj).expect("object");
+    let Some(md) = metadata_mut(&mut obj) else {
+        return Plan::Pending;
+    };
     let marked = md.contains_key("deletionTimestamp")
         && md.get("deletionGracePeriodSeconds").and_then(Value::as_i64) == Some(0);
     if marked && !finalizers_changed {
@@ -463,82 +467,49 @@ pub async fn delete_object(
     opts: &DeleteOptions,
 ) -> Result<Deleted, ApiError> {
     let key = registry::storage_key(r, ns, name).ok_or_else(|| ApiError::not_found(r, name))?;
-    let store = &state.storage.store;
+    let a = Attributes {
+        r,
+        namespace: ns,
+        name,
+        operation: Operation::Delete,
+        old: None,
+        dry_run: opts.dry_run,
+    };
+    let reserved = state
+        .admission
+        .validate(&a, None, Reservations::default())
+        .await?;
+    state.admission.rollback(reserved).await;
     let namespace = is_core(r, "namespaces");
-    if namespace && IMMORTAL_NAMESPACES.contains(&name) {
-        return Err(ApiError::forbidden(
-            r,
-            name,
-            "this namespace may not be deleted",
-        ));
-    }
-    for _ in 0..16 {
-        let kv = store
-            .get(key.as_bytes())
-            .await
-            .map_err(storage::store_error)?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
-        let current = decode(&kv, kv.mod_revision)?;
-        check_preconditions(r, name, &current, opts)?;
-        let now = state.clock.unix_seconds();
+    let now = state.clock.unix_seconds();
+    let mut dry_run_removed = false;
+    let mut decide = Decide(|current: &Value, _| {
+        check_preconditions(r, name, current, opts)?;
         let plan = if namespace {
-            plan_namespace(&current, opts, now)
+            plan_namespace(current, opts, now)
         } else {
-            plan(r, &current, opts, now)
+            plan(r, current, opts, now)
         };
-        match plan {
-            Plan::Pending => {
-                return Ok(Deleted {
-                    object: current,
-                    removed: false,
-                });
+        Ok(match plan {
+            Plan::Pending => Step::Answer(current.clone()),
+            Plan::Keep(obj) if opts.dry_run => Step::Answer(obj),
+            Plan::Keep(obj) => Step::Update(obj),
+            Plan::Remove if opts.dry_run => {
+                dry_run_removed = true;
+                Step::Answer(current.clone())
             }
-            Plan::Keep(mut obj) => {
-                if opts.dry_run {
-                    return Ok(Deleted {
-                        object: obj,
-                        removed: false,
-                    });
-                }
-                match store
-                    .update(key.as_bytes(), encode(&obj), kv.mod_revision, 0)
-                    .await
-                {
-                    Ok(rev) => {
-                        set_resource_version(&mut obj, rev);
-                        return Ok(Deleted {
-                            object: obj,
-                            removed: false,
-                        });
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(r, name)),
-                    Err(e) => return Err(storage::store_error(e)),
-                }
-            }
-            Plan::Remove => {
-                if opts.dry_run {
-                    return Ok(Deleted {
-                        object: current,
-                        removed: true,
-                    });
-                }
-                match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
-                    Ok(_) => {
-                        state.services.release(r, &current).await;
-                        return Ok(Deleted {
-                            object: current,
-                            removed: true,
-                        });
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(r, name)),
-                    Err(e) => return Err(storage::store_error(e)),
-                }
-            }
-        }
+            Plan::Remove => Step::Delete(current.clone()),
+        })
+    });
+    let outcome = guaranteed_update(state, r, name, &key, &mut decide).await?;
+    let mut object = outcome.object;
+    if let (false, Some(rev)) = (outcome.removed, outcome.revision) {
+        set_resource_version(&mut object, rev);
     }
-    Err(ApiError::conflict_with(r, name, OPTIMISTIC_LOCK_MESSAGE))
+    Ok(Deleted {
+        object,
+        removed: outcome.removed || dry_run_removed,
+    })
 }
 
 /// `DELETE` of one object.
@@ -667,38 +638,6 @@ pub(super) fn finalize_namespace(current: &Value, sent: &Value) -> Value {
         md.insert("resourceVersion".into(), rv.into());
     }
     out
-}
-
-/// NamespaceLifecycle admission for creates of namespaced objects: the namespace must exist
-/// (404 `namespaces "x" not found`) and must not be terminating (403).
-pub async fn admit_create(
-    state: &ApiState,
-    r: &ResourceInfo,
-    ns: &str,
-    name: &str,
-) -> Result<(), ApiError> {
-    let nsr = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
-    let key = registry::storage_key(nsr, None, ns).ok_or_else(|| ApiError::not_found(nsr, ns))?;
-    let kv = state
-        .storage
-        .store
-        .get(key.as_bytes())
-        .await
-        .map_err(storage::store_error)?
-        .ok_or_else(|| ApiError::not_found(nsr, ns))?;
-    let obj = decode(&kv, kv.mod_revision)?;
-    let terminating = obj.pointer("/metadata/deletionTimestamp").is_some()
-        || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
-    if terminating {
-        return Err(ApiError::forbidden(
-            r,
-            name,
-            &format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod body;
 mod discovery;
 mod fieldvalidation;
+mod guaranteed_update;
 mod health;
 mod openapi;
 mod pods;
@@ -40,7 +41,9 @@ pub struct ApiState {
     /// Object storage (watch caches) for the resource handlers.
     pub storage: crate::storage::Storage,
     /// Service cluster IP and node port allocation.
-    pub services: crate::allocator::ServiceAllocator,
+    pub services: Arc<crate::allocator::ServiceAllocator>,
+    /// The admission plugins every create, update and delete goes through.
+    pub admission: crate::admission::AdmissionChain,
     /// Where every timestamp and interval of the handlers comes from (a `ManualClock` in
     /// tests that need to move time).
     pub clock: Arc<dyn edgesite_clock::Clock>,
