@@ -63,13 +63,6 @@ impl TableOptions {
     }
 }
 
-/// The current time in Unix seconds, for [`TableOptions::now`].
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// One column of a table.
 struct Column {
     name: &'static str,

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use edgesite_api::registry::{self, ResourceInfo};
 use edgesite_api::status::{ApiError, Cause};
+use edgesite_clock::{Clock, Rng};
 use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest, Store};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -133,6 +134,10 @@ pub struct ServiceAllocator {
     store: Arc<dyn Store>,
     cidr: Ipv4Cidr,
     ports: RangeInclusive<u16>,
+    /// Stamps `allocatedAt` on keys, which the repair's grace period is measured against.
+    clock: Arc<dyn Clock>,
+    /// Picks candidate addresses and ports (not secret: spreading picks is all it is for).
+    rng: std::sync::Mutex<Rng>,
 }
 
 /// The allocatable values of a Service, read from its spec.
@@ -231,12 +236,12 @@ fn port_key(port: u16) -> String {
     format!("{NODE_PORT_PREFIX}{port}")
 }
 
-fn owner_value(svc: &Value) -> Vec<u8> {
+fn owner_value(svc: &Value, now: i64) -> Vec<u8> {
     json!({
         "uid": meta_str(svc, "uid").unwrap_or_default(),
         "namespace": meta_str(svc, "namespace").unwrap_or_default(),
         "name": meta_str(svc, "name").unwrap_or_default(),
-        "allocatedAt": edgesite_api::table::unix_now(),
+        "allocatedAt": now,
     })
     .to_string()
     .into_bytes()
@@ -256,21 +261,6 @@ fn allocated_at(kv: &KeyValue) -> i64 {
         .unwrap_or(0)
 }
 
-/// A random 32-bit number (the std hasher's per-process random keys and a counter).
-fn random_u32() -> u32 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (h.finish() >> 16) as u32
-}
-
 /// The outcome of trying to take one key.
 enum Take {
     /// Created now.
@@ -283,8 +273,25 @@ enum Take {
 
 impl ServiceAllocator {
     /// An allocator over `store` for addresses in `cidr` and node ports in `ports`.
-    pub fn new(store: Arc<dyn Store>, cidr: Ipv4Cidr, ports: RangeInclusive<u16>) -> Self {
-        Self { store, cidr, ports }
+    pub fn new(
+        store: Arc<dyn Store>,
+        cidr: Ipv4Cidr,
+        ports: RangeInclusive<u16>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            cidr,
+            ports,
+            clock,
+            rng: std::sync::Mutex::new(Rng::new()),
+        }
+    }
+
+    /// A random index below `size` (> 0).
+    fn random_below(&self, size: u32) -> u32 {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        u32::try_from(rng.below(u64::from(size))).unwrap_or(0)
     }
 
     /// The service CIDR.
@@ -319,7 +326,15 @@ impl ServiceAllocator {
                 .map_err(storage::store_error)?;
             return Ok(kv.as_ref().map_or(Take::Taken, held_by));
         }
-        match self.store.create(key.as_bytes(), owner_value(svc), 0).await {
+        match self
+            .store
+            .create(
+                key.as_bytes(),
+                owner_value(svc, self.clock.unix_seconds()),
+                0,
+            )
+            .await
+        {
             Ok(_) => Ok(Take::Taken),
             Err(StoreError::AlreadyExists { current, .. }) => Ok(held_by(&current)),
             // Deleted between the compare and the read: it was just released; count it busy
@@ -362,7 +377,7 @@ impl ServiceAllocator {
     ) -> Result<Option<u32>, ApiError> {
         let mut tried = BTreeSet::new();
         for _ in 0..RANDOM_TRIES.min(size as usize) {
-            let i = random_u32() % size;
+            let i = self.random_below(size);
             if !tried.insert(i) {
                 continue;
             }
@@ -384,7 +399,7 @@ impl ServiceAllocator {
             .into_iter()
             .map(|kv| kv.key)
             .collect();
-        let start = random_u32() % size;
+        let start = self.random_below(size);
         for step in 0..size {
             let i = (start + step) % size;
             let key = key_of(i);
@@ -748,7 +763,10 @@ impl ServiceAllocator {
         let mut holders: BTreeMap<String, String> = BTreeMap::new();
         let mut owners: BTreeMap<String, Value> = BTreeMap::new();
         for kv in &listed.kvs {
-            let svc = storage::decode(kv, kv.mod_revision);
+            let Ok(svc) = storage::decode(kv, kv.mod_revision) else {
+                warn!(key = %String::from_utf8_lossy(&kv.key), "repair: skipping an unreadable Service");
+                continue;
+            };
             let uid = meta_str(&svc, "uid").unwrap_or_default().to_owned();
             let h = held(&svc);
             let keys =
@@ -768,7 +786,15 @@ impl ServiceAllocator {
         }
         for (key, uid) in &holders {
             let Some(svc) = owners.get(uid) else { continue };
-            match self.store.create(key.as_bytes(), owner_value(svc), 0).await {
+            match self
+                .store
+                .create(
+                    key.as_bytes(),
+                    owner_value(svc, self.clock.unix_seconds()),
+                    0,
+                )
+                .await
+            {
                 Ok(_) => {
                     report.marked += 1;
                     info!(%key, service = meta_str(svc, "name").unwrap_or_default(), "repair: marked a service allocation that had no key");
@@ -784,7 +810,7 @@ impl ServiceAllocator {
                 Err(e) => return Err(e),
             }
         }
-        let now = edgesite_api::table::unix_now();
+        let now = self.clock.unix_seconds();
         for prefix in [SERVICE_IP_PREFIX, NODE_PORT_PREFIX] {
             let keys = self
                 .store

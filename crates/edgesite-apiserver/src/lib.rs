@@ -11,11 +11,14 @@
 //! - [`handlers`]: the axum router: version, health, discovery, and generic handlers for every
 //!   registered resource over raw JSON (get, list, watch, create, update, patch, delete,
 //!   `/status`), reading through [`storage`]'s watch caches and writing through the store.
+//! - [`admission`]: the admission chain every write goes through (namespace lifecycle,
+//!   defaulting, Service IP and port allocation, validation).
 //! - [`allocator`]: Service cluster IPs and node ports, taken at admission, one store key
 //!   each, released on delete and repaired at start and periodically.
 //! - [`in_process`]: kube clients that call the router directly (no socket, no TLS), for the
 //!   controllers running inside `edgesite server` ([`Server::in_process_client`]).
 
+pub mod admission;
 pub mod allocator;
 pub mod authn;
 pub mod authz;

@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+
+use edgesite_clock::Clock as _;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -293,11 +295,16 @@ impl Drop for LongrunningGuard {
 
 /// The outermost middleware: records every request (authentication failures included) and
 /// tracks open watches.
-pub async fn middleware(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn middleware(
+    State(state): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let labels = RequestLabels::of(req.method(), req.uri());
-    let started = std::time::Instant::now();
+    let started = state.clock.instant();
     let resp = next.run(req).await;
-    global().record(labels, started.elapsed(), resp)
+    let elapsed = state.clock.instant().duration_since(started);
+    global().record(labels, elapsed, resp)
 }
 
 /// `GET /metrics`: [`Metrics::render`] plus `apiserver_storage_objects` from the watch caches
@@ -369,8 +376,11 @@ fn float(v: f64) -> String {
     }
 }
 
+/// Now in Unix seconds: the registry is process-wide, so it reads the system clock (through
+/// the one clock type) rather than a server's.
 fn unix_now() -> f64 {
-    SystemTime::now()
+    edgesite_clock::SystemClock
+        .now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use edgesite_clock::{Clock, SystemClock};
 
 use axum::Router;
 use edgesite_api::discovery;
@@ -60,6 +62,8 @@ pub struct ServerConfig {
     /// Where NodePort and LoadBalancer Services get their node ports
     /// (`--service-node-port-range`).
     pub node_port_range: std::ops::RangeInclusive<u16>,
+    /// The server's clock: timestamps, ages and intervals (a `ManualClock` in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl ServerConfig {
@@ -78,6 +82,7 @@ impl ServerConfig {
             token_auth_file: None,
             service_cidr: crate::allocator::Ipv4Cidr::default(),
             node_port_range: 30000..=32767,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -142,7 +147,8 @@ impl Server {
     /// Opens the store, loads or creates the PKI, binds and starts accepting; once the listener
     /// accepts, writes `data_dir/admin.kubeconfig` and returns.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
-        let started = Instant::now();
+        let clock = config.clock.clone();
+        let started = clock.instant();
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -157,7 +163,7 @@ impl Server {
             None => None,
         };
         let store = edgesite_store::open(&datastore).await?;
-        let store_ready = started.elapsed();
+        let store_ready = clock.instant().duration_since(started);
 
         let mut pki_opts = config.pki.clone();
         if !config.bind_address.is_unspecified() {
@@ -172,7 +178,7 @@ impl Server {
                     reason: format!("PKI task failed: {e}"),
                 })??;
         let tls = TlsAcceptor::from(pki.server_config()?);
-        let pki_ready = started.elapsed();
+        let pki_ready = clock.instant().duration_since(started);
 
         let addr = SocketAddr::new(config.bind_address, config.secure_port);
         let listener = TcpListener::bind(addr)
@@ -194,13 +200,17 @@ impl Server {
         let url = format!("https://{client_addr}");
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let services = Arc::new(crate::allocator::ServiceAllocator::new(
+            store.clone(),
+            config.service_cidr,
+            config.node_port_range.clone(),
+            clock.clone(),
+        ));
         let state = Arc::new(ApiState {
             storage: crate::storage::Storage::new(store.clone()),
-            services: crate::allocator::ServiceAllocator::new(
-                store.clone(),
-                config.service_cidr,
-                config.node_port_range.clone(),
-            ),
+            admission: crate::admission::AdmissionChain::standard(store.clone(), services.clone()),
+            services,
+            clock: clock.clone(),
             store,
             server_address: client_addr.to_string(),
             version: discovery::version_info(&config.git_commit, &config.build_date),
@@ -231,7 +241,7 @@ impl Server {
             shutdown_tx.subscribe(),
         ));
         let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
-        let ready_after = started.elapsed();
+        let ready_after = clock.instant().duration_since(started);
         // The OpenAPI documents and the protobuf table are parsed on first use (~10 ms in a
         // release build); do it now, off the request path, so the first write does not wait.
         tokio::task::spawn_blocking(|| {

@@ -1,9 +1,9 @@
 //! Object storage for the resource handlers: one [`WatchCache`] per resource prefix (started
 //! lazily), the stored form of objects (JSON without `metadata.resourceVersion`, which is the
-//! key's `mod_revision` on read) and small helpers (uids, timestamps, random suffixes).
+//! key's `mod_revision` on read; unreadable bytes are an error naming the key) and small
+//! helpers (uids, random suffixes).
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::sync::Arc;
 
 use edgesite_api::registry::{self, ResourceInfo};
@@ -107,11 +107,33 @@ pub fn store_error(e: edgesite_store::Error) -> ApiError {
 }
 
 /// Decodes a stored key-value: the JSON object with `metadata.resourceVersion` set to `rv`.
-pub fn decode(kv: &KeyValue, rv: Revision) -> Value {
-    let mut v: Value =
-        serde_json::from_slice(&kv.value).unwrap_or_else(|_| Value::Object(Map::new()));
+/// Bytes that are not a JSON object are a 500 naming the key: answering `{}` instead would
+/// hand clients an object without a name, and controllers would act on it.
+pub fn decode(kv: &KeyValue, rv: Revision) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| corrupt(kv, &e))?;
+    if !v.is_object() {
+        return Err(corrupt(kv, &"not a JSON object"));
+    }
     set_resource_version(&mut v, rv);
-    v
+    Ok(v)
+}
+
+/// Checks that [`write_object`] can write `kv` as an object (the answer of a list is written
+/// without parsing, so this is asked before any of it is sent): objects in [`encode`]'s layout
+/// pass at once, others are parsed.
+pub fn check_readable(kv: &KeyValue) -> Result<(), ApiError> {
+    if kv.value.starts_with(STORED_PREFIX) {
+        return Ok(());
+    }
+    decode(kv, kv.mod_revision).map(drop)
+}
+
+fn corrupt(kv: &KeyValue, why: &dyn std::fmt::Display) -> ApiError {
+    ApiError::internal(format!(
+        "the object stored under key {:?} cannot be decoded ({why}): restore it from a backup \
+         or delete the key",
+        String::from_utf8_lossy(&kv.key)
+    ))
 }
 
 /// Sets `metadata.resourceVersion`.
@@ -186,6 +208,7 @@ pub fn write_object(out: &mut Vec<u8>, stored: &[u8], rv: Revision) {
         out.extend_from_slice(rest);
         return;
     }
+    // Unreadable bytes were refused by `check_readable` before the answer began.
     let mut v: Value = serde_json::from_slice(stored).unwrap_or_else(|_| Value::Object(Map::new()));
     set_resource_version(&mut v, rv);
     let _ = serde_json::to_writer(out, &v);
@@ -208,58 +231,11 @@ pub fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
     v.get("metadata")?.get(field)?.as_str()
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_ok();
-    if !filled {
-        // Fall back to the hasher's per-process random keys mixed with the time.
-        use std::hash::{BuildHasher as _, Hasher as _};
-        for (i, b) in buf.iter_mut().enumerate() {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(i);
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-            );
-            *b = h.finish() as u8;
-        }
-    }
-    buf
-}
+/// A random version-4 UUID (object UIDs).
+pub use edgesite_clock::random::uuid_v4 as new_uid;
 
-/// A random version-4 UUID.
-pub fn new_uid() -> String {
-    let mut b = random_bytes::<16>();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// `n` random characters from `[a-z0-9]` (generateName suffixes).
-pub fn random_suffix(n: usize) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    random_bytes::<16>()
-        .iter()
-        .take(n)
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
-        .collect()
-}
-
-/// The current time as RFC 3339 UTC with seconds precision (`2024-01-02T03:04:05Z`).
-pub fn now_rfc3339() -> String {
-    format_rfc3339(edgesite_api::table::unix_now())
-}
+/// `n` random characters of upstream's alphabet (generateName suffixes).
+pub use edgesite_clock::random::name_suffix as random_suffix;
 
 pub use edgesite_api::time::format_rfc3339;
 
@@ -312,7 +288,7 @@ mod tests {
             let read: Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(
                 read,
-                decode(&kv(stored), 7),
+                decode(&kv(stored), 7).unwrap(),
                 "{}",
                 String::from_utf8_lossy(&out)
             );
@@ -324,5 +300,20 @@ mod tests {
         let read: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(read["metadata"]["resourceVersion"], "9");
         assert_eq!(read["metadata"]["name"], "a");
+    }
+
+    #[test]
+    fn unreadable_bytes_are_an_error_naming_the_key() {
+        for bad in [&b"not json"[..], b"[1,2]", b"{\"metadata\":", b""] {
+            let err = decode(&kv(bad.to_vec()), 7).unwrap_err();
+            assert_eq!(err.code(), 500);
+            assert!(
+                err.to_string()
+                    .contains("/registry/core/configmaps/default/a"),
+                "{err}"
+            );
+            assert!(check_readable(&kv(bad.to_vec())).is_err() || bad.starts_with(STORED_PREFIX));
+        }
+        assert!(check_readable(&kv(encode(&serde_json::json!({"metadata": {}})))).is_ok());
     }
 }

@@ -484,7 +484,7 @@ async fn repair_restores_lost_keys_and_frees_stale_ones() -> Result<()> {
         )
         .await?;
     // A young stale key is left to a later pass (its create may still be in flight).
-    let young = json!({"uid": "1111", "allocatedAt": edgesite_api::table::unix_now()});
+    let young = json!({"uid": "1111", "allocatedAt": edgesite_clock::Clock::unix_seconds(&edgesite_clock::SystemClock)});
     store
         .put(
             format!("{NODE_PORT_PREFIX}30077").as_bytes(),

@@ -961,16 +961,15 @@ impl<'s> FieldManager<'s> {
         self
     }
 
-    /// The timestamp (RFC 3339) written into changed entries; default: now.
+    /// The timestamp (RFC 3339) written into changed entries; default: none (this crate reads
+    /// no clock, so callers pass their now).
     pub fn at_time(mut self, now: &str) -> Self {
         self.now = Some(now.to_owned());
         self
     }
 
-    fn now(&self) -> String {
-        self.now
-            .clone()
-            .unwrap_or_else(|| rfc3339(crate::table::unix_now()))
+    fn now(&self) -> Option<String> {
+        self.now.clone()
     }
 
     /// The fields this manager tracks out of `set` (status or everything-but-status dropped
@@ -1034,7 +1033,7 @@ impl<'s> FieldManager<'s> {
                 manager: BEFORE_FIRST_APPLY.into(),
                 operation: Operation::Update,
                 api_version: Self::api_version_of(&live_obj),
-                time: Some(now.clone()),
+                time: now.clone(),
                 subresource: self.subresource.clone(),
                 fields: set.difference(&strip_set()),
             });
@@ -1094,7 +1093,7 @@ impl<'s> FieldManager<'s> {
         let mut mine = mine;
         mine.fields = mine.fields.difference(&strip_set());
         if object_changed || mine.time.is_none() || last_set.as_ref() != Some(&mine.fields) {
-            mine.time = Some(now);
+            mine.time = now;
         }
         entries.push(mine);
         cap_updaters(&mut entries);
@@ -1200,13 +1199,13 @@ impl<'s> FieldManager<'s> {
             }) {
                 Some(e) => {
                     e.fields = e.fields.union(&taken);
-                    e.time = Some(now);
+                    e.time = now.clone();
                 }
                 None => entries.push(ManagedEntry {
                     manager: manager.into(),
                     operation: Operation::Update,
                     api_version,
-                    time: Some(now),
+                    time: now,
                     subresource: self.subresource.clone(),
                     fields: taken,
                 }),
@@ -1239,6 +1238,7 @@ pub fn record_update(
 }
 
 /// Unix seconds as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+#[cfg(test)]
 fn rfc3339(secs: i64) -> String {
     crate::time::format_rfc3339(secs)
 }

@@ -51,12 +51,13 @@ fn schema_for(r: &ResourceInfo) -> Box<dyn ApplySchema + 'static> {
 }
 
 fn field_manager<'s>(
+    ctx: &Ctx,
     r: &ResourceInfo,
     schema: &'s dyn ApplySchema,
     subresource: Option<&str>,
 ) -> FieldManager<'s> {
     let fm = FieldManager::new(schema)
-        .at_time(&crate::storage::now_rfc3339())
+        .at_time(&ctx.state.clock.rfc3339())
         .ignore_status(r.subresource("status").is_some());
     match subresource {
         Some(sub) => fm.subresource(sub),
@@ -70,7 +71,7 @@ pub(super) fn record_create(ctx: &Ctx, obj: &mut Value) {
         return;
     };
     let schema = schema_for(ctx.r);
-    field_manager(ctx.r, &*schema, None).record_update(None, obj, manager);
+    field_manager(ctx, ctx.r, &*schema, None).record_update(None, obj, manager);
 }
 
 /// Records managed fields for an update or non-apply patch of `current` into `new`.
@@ -80,7 +81,7 @@ pub(super) fn record_update(ctx: &Ctx, current: &Value, new: &mut Value, status_
     };
     let schema = schema_for(ctx.r);
     let sub = status_sub.then_some("status");
-    field_manager(ctx.r, &*schema, sub).record_update(Some(current), new, manager);
+    field_manager(ctx, ctx.r, &*schema, sub).record_update(Some(current), new, manager);
 }
 
 /// The 409 upstream answers to apply conflicts: reason `Conflict`, the conflict list as the
@@ -180,7 +181,7 @@ pub(super) async fn apply_patch(
         }
     }
     let schema = schema_for(ctx.r);
-    let fm = field_manager(ctx.r, &*schema, subresource);
+    let fm = field_manager(ctx, ctx.r, &*schema, subresource);
     let typed_error = |e: ApplyError| {
         ApiError::bad_request(format!(
             "failed to create typed patch object ({}/{name}; {api_version}, Kind={}): {e}",

@@ -1,19 +1,21 @@
 //! Deletion, as kube-apiserver's generic registry does it: `DeleteOptions` (propagation policy,
 //! grace period, preconditions, dry run), graceful deletion of pods bound to a node, the garbage
-//! collector's `orphan`/`foregroundDeletion` finalizers, namespace termination, `deletecollection`,
-//! and the NamespaceLifecycle admission check that guards creates.
+//! collector's `orphan`/`foregroundDeletion` finalizers, namespace termination and
+//! `deletecollection` (the NamespaceLifecycle admission plugin guards namespace deletes).
 //!
 //! A child module of `resources` (it shares that module's request context and helpers).
 
 use axum::http::StatusCode;
 use axum::response::Response;
 use edgesite_api::registry::{self, GroupKind, ResourceInfo};
-use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE, success_status_json};
-use edgesite_store::{Error as StoreError, KeyRange, RangeRequest};
+use edgesite_api::status::{ApiError, Cause, success_status_json};
+use edgesite_store::{KeyRange, RangeRequest};
 use serde_json::{Value, json};
 
+use super::super::guaranteed_update::{Decide, Step, guaranteed_update};
 use super::{ApiState, Ctx, Selectors};
-use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
+use crate::admission::{Attributes, Operation, Reservations};
+use crate::storage::{self, decode, meta_str, metadata_mut, set_resource_version};
 
 /// The finalizer that asks the garbage collector to orphan the dependents.
 pub const FINALIZER_ORPHAN: &str = "orphan";
@@ -21,8 +23,6 @@ pub const FINALIZER_ORPHAN: &str = "orphan";
 pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
 /// The namespace controller's entry in a Namespace's `spec.finalizers`.
 pub const FINALIZER_KUBERNETES: &str = "kubernetes";
-/// Namespaces that cannot be deleted (upstream's immortal namespaces).
-const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 /// `DeleteOptions.propagationPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,9 +296,8 @@ enum Plan {
 
 /// What deleting `current` means, given the options (upstream's `BeforeDelete` and
 /// `updateForGracefulDeletionAndFinalizers`, folded into one decision).
-fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions) -> Plan {
+fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions, now: i64) -> Plan {
     let mut obj = current.clone();
-    let now = edgesite_api::table::unix_now();
     let md = current.get("metadata");
     let existing_ts = md
         .and_then(|m| m.get("deletionTimestamp"))
@@ -334,7 +333,9 @@ fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions) -> Plan {
     if let Some((period, at)) = graceful_period
         && period > 0
     {
-        let md = metadata_mut(&mut obj).expect("object");
+        let Some(md) = metadata_mut(&mut obj) else {
+            return Plan::Pending;
+        };
         md.insert(
             "deletionTimestamp".into(),
             storage::format_rfc3339(at).into(),
@@ -347,7 +348,9 @@ fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions) -> Plan {
         return Plan::Remove;
     }
     // Finalizers keep it: mark it as being deleted (grace 0) if it is not yet.
-    let md = metadata_mut(&mut obj).expect("object");
+    let Some(md) = metadata_mut(&mut obj) else {
+        return Plan::Pending;
+    };
     let marked = md.contains_key("deletionTimestamp")
         && md.get("deletionGracePeriodSeconds").and_then(Value::as_i64) == Some(0);
     if marked && !finalizers_changed {
@@ -356,7 +359,10 @@ fn plan(r: &ResourceInfo, current: &Value, opts: &DeleteOptions) -> Plan {
     if !md.contains_key("deletionTimestamp") {
         bump_generation(md);
     }
-    md.insert("deletionTimestamp".into(), storage::now_rfc3339().into());
+    md.insert(
+        "deletionTimestamp".into(),
+        storage::format_rfc3339(now).into(),
+    );
     md.insert("deletionGracePeriodSeconds".into(), 0.into());
     if let Some(ts) = existing_ts {
         // Keep the first deletion time.
@@ -409,7 +415,7 @@ fn check_preconditions(
 /// Namespace deletion (upstream's namespace storage): the first DELETE marks it
 /// `Terminating` with a deletion timestamp and leaves it to the namespace controller while
 /// `spec.finalizers` is not empty.
-fn plan_namespace(current: &Value, opts: &DeleteOptions) -> Plan {
+fn plan_namespace(current: &Value, opts: &DeleteOptions, now: i64) -> Plan {
     let marked = current.pointer("/metadata/deletionTimestamp").is_some();
     if marked {
         if !spec_finalizers(current).is_empty() {
@@ -433,8 +439,12 @@ fn plan_namespace(current: &Value, opts: &DeleteOptions) -> Plan {
         return Plan::Remove;
     }
     set_finalizers(&mut obj, after);
-    let md = metadata_mut(&mut obj).expect("object");
-    md.insert("deletionTimestamp".into(), storage::now_rfc3339().into());
+    if let Some(md) = metadata_mut(&mut obj) {
+        md.insert(
+            "deletionTimestamp".into(),
+            storage::format_rfc3339(now).into(),
+        );
+    }
     if let Some(o) = obj.as_object_mut() {
         let status = o.entry("status").or_insert_with(|| json!({}));
         if let Some(s) = status.as_object_mut() {
@@ -457,81 +467,49 @@ pub async fn delete_object(
     opts: &DeleteOptions,
 ) -> Result<Deleted, ApiError> {
     let key = registry::storage_key(r, ns, name).ok_or_else(|| ApiError::not_found(r, name))?;
-    let store = &state.storage.store;
+    let a = Attributes {
+        r,
+        namespace: ns,
+        name,
+        operation: Operation::Delete,
+        old: None,
+        dry_run: opts.dry_run,
+    };
+    let reserved = state
+        .admission
+        .validate(&a, None, Reservations::default())
+        .await?;
+    state.admission.rollback(reserved).await;
     let namespace = is_core(r, "namespaces");
-    if namespace && IMMORTAL_NAMESPACES.contains(&name) {
-        return Err(ApiError::forbidden(
-            r,
-            name,
-            "this namespace may not be deleted",
-        ));
-    }
-    for _ in 0..16 {
-        let kv = store
-            .get(key.as_bytes())
-            .await
-            .map_err(storage::store_error)?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
-        let current = decode(&kv, kv.mod_revision);
-        check_preconditions(r, name, &current, opts)?;
+    let now = state.clock.unix_seconds();
+    let mut dry_run_removed = false;
+    let mut decide = Decide(|current: &Value, _| {
+        check_preconditions(r, name, current, opts)?;
         let plan = if namespace {
-            plan_namespace(&current, opts)
+            plan_namespace(current, opts, now)
         } else {
-            plan(r, &current, opts)
+            plan(r, current, opts, now)
         };
-        match plan {
-            Plan::Pending => {
-                return Ok(Deleted {
-                    object: current,
-                    removed: false,
-                });
+        Ok(match plan {
+            Plan::Pending => Step::Answer(current.clone()),
+            Plan::Keep(obj) if opts.dry_run => Step::Answer(obj),
+            Plan::Keep(obj) => Step::Update(obj),
+            Plan::Remove if opts.dry_run => {
+                dry_run_removed = true;
+                Step::Answer(current.clone())
             }
-            Plan::Keep(mut obj) => {
-                if opts.dry_run {
-                    return Ok(Deleted {
-                        object: obj,
-                        removed: false,
-                    });
-                }
-                match store
-                    .update(key.as_bytes(), encode(&obj), kv.mod_revision, 0)
-                    .await
-                {
-                    Ok(rev) => {
-                        set_resource_version(&mut obj, rev);
-                        return Ok(Deleted {
-                            object: obj,
-                            removed: false,
-                        });
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(r, name)),
-                    Err(e) => return Err(storage::store_error(e)),
-                }
-            }
-            Plan::Remove => {
-                if opts.dry_run {
-                    return Ok(Deleted {
-                        object: current,
-                        removed: true,
-                    });
-                }
-                match store.delete(key.as_bytes(), Some(kv.mod_revision)).await {
-                    Ok(_) => {
-                        state.services.release(r, &current).await;
-                        return Ok(Deleted {
-                            object: current,
-                            removed: true,
-                        });
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(r, name)),
-                    Err(e) => return Err(storage::store_error(e)),
-                }
-            }
-        }
+            Plan::Remove => Step::Delete(current.clone()),
+        })
+    });
+    let outcome = guaranteed_update(state, r, name, &key, &mut decide).await?;
+    let mut object = outcome.object;
+    if let (false, Some(rev)) = (outcome.removed, outcome.revision) {
+        set_resource_version(&mut object, rev);
     }
-    Err(ApiError::conflict_with(r, name, OPTIMISTIC_LOCK_MESSAGE))
+    Ok(Deleted {
+        object,
+        removed: outcome.removed || dry_run_removed,
+    })
 }
 
 /// `DELETE` of one object.
@@ -592,7 +570,7 @@ pub(super) async fn delete_collection(
         .map_err(storage::store_error)?;
     let mut items = Vec::new();
     for kv in &resp.kvs {
-        let obj = decode(kv, kv.mod_revision);
+        let obj = decode(kv, kv.mod_revision)?;
         if !sel.matches(&obj) {
             continue;
         }
@@ -662,41 +640,12 @@ pub(super) fn finalize_namespace(current: &Value, sent: &Value) -> Value {
     out
 }
 
-/// NamespaceLifecycle admission for creates of namespaced objects: the namespace must exist
-/// (404 `namespaces "x" not found`) and must not be terminating (403).
-pub async fn admit_create(
-    state: &ApiState,
-    r: &ResourceInfo,
-    ns: &str,
-    name: &str,
-) -> Result<(), ApiError> {
-    let nsr = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
-    let key = registry::storage_key(nsr, None, ns).ok_or_else(|| ApiError::not_found(nsr, ns))?;
-    let kv = state
-        .storage
-        .store
-        .get(key.as_bytes())
-        .await
-        .map_err(storage::store_error)?
-        .ok_or_else(|| ApiError::not_found(nsr, ns))?;
-    let obj = decode(&kv, kv.mod_revision);
-    let terminating = obj.pointer("/metadata/deletionTimestamp").is_some()
-        || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
-    if terminating {
-        return Err(ApiError::forbidden(
-            r,
-            name,
-            &format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 2024-03-01T00:00:00Z.
+    const NOW: i64 = 1_709_251_200;
 
     fn pods() -> &'static ResourceInfo {
         registry::lookup("", "v1", "pods").unwrap()
@@ -737,30 +686,30 @@ mod tests {
     fn bound_pods_are_graceful_unbound_are_not() {
         let unbound = json!({"metadata": {"name": "p"}, "spec": {}});
         assert!(matches!(
-            plan(pods(), &unbound, &DeleteOptions::default()),
+            plan(pods(), &unbound, &DeleteOptions::default(), NOW),
             Plan::Remove
         ));
         let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
-        let Plan::Keep(kept) = plan(pods(), &bound, &DeleteOptions::default()) else {
+        let Plan::Keep(kept) = plan(pods(), &bound, &DeleteOptions::default(), NOW) else {
             panic!("bound pod deleted at once");
         };
         assert_eq!(kept["metadata"]["deletionGracePeriodSeconds"], 30);
         // Deleting again with the same grace changes nothing; with 0 it goes.
         assert!(matches!(
-            plan(pods(), &kept, &DeleteOptions::default()),
+            plan(pods(), &kept, &DeleteOptions::default(), NOW),
             Plan::Pending
         ));
         let now = DeleteOptions {
             grace_period: Some(0),
             ..DeleteOptions::default()
         };
-        assert!(matches!(plan(pods(), &kept, &now), Plan::Remove));
+        assert!(matches!(plan(pods(), &kept, &now, NOW), Plan::Remove));
         // Shortening keeps the start: timestamp moves back by the difference.
         let five = DeleteOptions {
             grace_period: Some(5),
             ..DeleteOptions::default()
         };
-        let Plan::Keep(shorter) = plan(pods(), &kept, &five) else {
+        let Plan::Keep(shorter) = plan(pods(), &kept, &five, NOW) else {
             panic!("not shortened");
         };
         let t0 = parse_rfc3339(kept["metadata"]["deletionTimestamp"].as_str().unwrap()).unwrap();
@@ -775,7 +724,7 @@ mod tests {
             propagation: Some(Propagation::Foreground),
             ..DeleteOptions::default()
         };
-        let Plan::Keep(kept) = plan(deployments(), &obj, &fg) else {
+        let Plan::Keep(kept) = plan(deployments(), &obj, &fg, NOW) else {
             panic!("deleted despite foreground");
         };
         assert_eq!(
@@ -784,33 +733,36 @@ mod tests {
         );
         assert_eq!(kept["metadata"]["deletionGracePeriodSeconds"], 0);
         assert_eq!(kept["metadata"]["generation"], 2);
-        assert!(matches!(plan(deployments(), &kept, &fg), Plan::Pending));
+        assert!(matches!(
+            plan(deployments(), &kept, &fg, NOW),
+            Plan::Pending
+        ));
         // Switching to background drops the GC finalizer: now it can go.
         let bg = DeleteOptions {
             propagation: Some(Propagation::Background),
             ..DeleteOptions::default()
         };
-        assert!(matches!(plan(deployments(), &kept, &bg), Plan::Remove));
+        assert!(matches!(plan(deployments(), &kept, &bg, NOW), Plan::Remove));
     }
 
     #[test]
     fn namespaces_terminate_first() {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-        let Plan::Keep(t) = plan_namespace(&ns, &DeleteOptions::default()) else {
+        let Plan::Keep(t) = plan_namespace(&ns, &DeleteOptions::default(), NOW) else {
             panic!("namespace removed");
         };
         assert_eq!(t["status"]["phase"], "Terminating");
         assert!(t["metadata"]["deletionTimestamp"].is_string());
         assert!(namespace_spec_finalizers_pending(&t));
         assert!(matches!(
-            plan_namespace(&t, &DeleteOptions::default()),
+            plan_namespace(&t, &DeleteOptions::default(), NOW),
             Plan::Pending
         ));
         let done = finalize_namespace(&t, &json!({"spec": {"finalizers": []}}));
         assert!(!namespace_spec_finalizers_pending(&done));
         assert!(matches!(
-            plan_namespace(&done, &DeleteOptions::default()),
+            plan_namespace(&done, &DeleteOptions::default(), NOW),
             Plan::Remove
         ));
     }

@@ -4,6 +4,7 @@
 pub mod body;
 mod discovery;
 mod fieldvalidation;
+mod guaranteed_update;
 mod health;
 mod openapi;
 mod pods;
@@ -14,7 +15,6 @@ mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -41,7 +41,12 @@ pub struct ApiState {
     /// Object storage (watch caches) for the resource handlers.
     pub storage: crate::storage::Storage,
     /// Service cluster IP and node port allocation.
-    pub services: crate::allocator::ServiceAllocator,
+    pub services: Arc<crate::allocator::ServiceAllocator>,
+    /// The admission plugins every create, update and delete goes through.
+    pub admission: crate::admission::AdmissionChain,
+    /// Where every timestamp and interval of the handlers comes from (a `ManualClock` in
+    /// tests that need to move time).
+    pub clock: Arc<dyn edgesite_clock::Clock>,
     /// `host:port` clients should use, reported by `GET /api`.
     pub server_address: String,
     /// The `/version` body, computed once.
@@ -91,7 +96,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             state.clone(),
             authenticate_and_authorize,
         ))
-        .layer(middleware::from_fn(crate::metrics::middleware))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::middleware,
+        ))
         .with_state(state)
 }
 
@@ -109,7 +117,7 @@ async fn authenticate_and_authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
+    let started = state.clock.instant();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let conn = req
@@ -179,7 +187,7 @@ async fn authenticate_and_authorize(
         %path,
         %user,
         status = resp.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        micros = state.clock.instant().duration_since(started).as_micros() as u64,
         "request"
     );
     resp

@@ -6,12 +6,12 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use edgesite_api::registry::{self, ResourceInfo};
 use edgesite_api::status::{ApiError, Cause, success_status_json};
-use edgesite_store::Error as StoreError;
 use serde_json::{Value, json};
 
+use super::guaranteed_update::{Decide, Step, guaranteed_update};
 use super::resources::delete::{DeleteOptions, delete_object};
 use super::{ApiState, body, json_response};
-use crate::storage::{self, decode, encode, meta_str, metadata_mut};
+use crate::storage::{meta_str, metadata_mut};
 
 /// Whether `sub` is one of the pod actions served here.
 pub fn is_pod_action(r: &ResourceInfo, sub: Option<&str>) -> bool {
@@ -39,7 +39,8 @@ pub struct PodAction<'a> {
 
 /// Serves a pod action.
 pub async fn handle(state: &ApiState, a: PodAction<'_>) -> Result<Response, ApiError> {
-    let pods = registry::lookup("", "v1", "pods").expect("pods are registered");
+    let pods = registry::lookup("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not registered"))?;
     if a.method != Method::POST {
         return Err(ApiError::method_not_allowed(pods, "this method"));
     }
@@ -111,73 +112,71 @@ async fn bind(
     }
     let key = registry::storage_key(pods, Some(a.namespace), a.name)
         .ok_or_else(|| ApiError::not_found(pods, a.name))?;
-    let store = &state.storage.store;
-    for _ in 0..16 {
-        let kv = store
-            .get(key.as_bytes())
-            .await
-            .map_err(storage::store_error)?
-            .ok_or_else(|| ApiError::not_found(pods, a.name))?;
-        let mut pod = decode(&kv, kv.mod_revision);
-        if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::conflict_with(
-                pods,
-                a.name,
-                &format!(
-                    "pod {} is being deleted, cannot be assigned to a host",
-                    a.name
-                ),
-            ));
-        }
-        let assigned = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !assigned.is_empty() {
-            return Err(ApiError::conflict_with(
-                pods,
-                a.name,
-                &format!("pod {} is already assigned to node {assigned:?}", a.name),
-            ));
-        }
-        if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("nodeName".into(), node.into());
+    let now = state.clock.rfc3339();
+    let mut decide = Decide(|current: &Value, _| {
+        let mut pod = current.clone();
+        assign(pods, a.name, &mut pod, node, binding)?;
+        set_scheduled_condition(&mut pod, &now);
+        Ok(if a.dry_run {
+            Step::Answer(pod)
         } else {
-            return Err(ApiError::bad_request("the pod has no spec"));
-        }
-        if let Some(Value::Object(annotations)) = binding.pointer("/metadata/annotations")
-            && !annotations.is_empty()
-            && let Some(md) = metadata_mut(&mut pod)
-        {
-            let into = md
-                .entry("annotations")
-                .or_insert_with(|| json!({}))
-                .as_object_mut();
-            if let Some(into) = into {
-                for (k, v) in annotations {
-                    into.insert(k.clone(), v.clone());
-                }
+            Step::Update(pod)
+        })
+    });
+    guaranteed_update(state, pods, a.name, &key, &mut decide).await?;
+    Ok(())
+}
+
+/// Sets `spec.nodeName` of `pod` to `node` with the binding's annotations; `409` if the pod
+/// is assigned already or being deleted.
+fn assign(
+    pods: &ResourceInfo,
+    name: &str,
+    pod: &mut Value,
+    node: &str,
+    binding: &Value,
+) -> Result<(), ApiError> {
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(ApiError::conflict_with(
+            pods,
+            name,
+            &format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
+    }
+    let assigned = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !assigned.is_empty() {
+        return Err(ApiError::conflict_with(
+            pods,
+            name,
+            &format!("pod {name} is already assigned to node {assigned:?}"),
+        ));
+    }
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Err(ApiError::bad_request("the pod has no spec"));
+    };
+    spec.insert("nodeName".into(), node.into());
+    if let Some(Value::Object(annotations)) = binding.pointer("/metadata/annotations")
+        && !annotations.is_empty()
+        && let Some(md) = metadata_mut(pod)
+    {
+        let into = md
+            .entry("annotations")
+            .or_insert_with(|| json!({}))
+            .as_object_mut();
+        if let Some(into) = into {
+            for (k, v) in annotations {
+                into.insert(k.clone(), v.clone());
             }
         }
-        set_scheduled_condition(&mut pod);
-        if a.dry_run {
-            return Ok(());
-        }
-        match store
-            .update(key.as_bytes(), encode(&pod), kv.mod_revision, 0)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(pods, a.name)),
-            Err(e) => return Err(storage::store_error(e)),
-        }
     }
-    Err(ApiError::conflict(pods, a.name))
+    Ok(())
 }
 
 /// Adds (or sets) the `PodScheduled=True` condition.
-fn set_scheduled_condition(pod: &mut Value) {
+fn set_scheduled_condition(pod: &mut Value, now: &str) {
     let Some(obj) = pod.as_object_mut() else {
         return;
     };
@@ -193,7 +192,7 @@ fn set_scheduled_condition(pod: &mut Value) {
         "type": "PodScheduled",
         "status": "True",
         "lastProbeTime": null,
-        "lastTransitionTime": storage::now_rfc3339(),
+        "lastTransitionTime": now,
     });
     match list
         .iter_mut()

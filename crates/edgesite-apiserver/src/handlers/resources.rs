@@ -12,15 +12,15 @@ use edgesite_api::patch::{self, KnownMergeKeys};
 use edgesite_api::registry::{self, ResourceInfo};
 use edgesite_api::selector::{FieldSelector, LabelSelector};
 use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE};
-use edgesite_api::table::{IncludeObject, TableOptions, table_for, unix_now};
-use edgesite_api::validation;
+use edgesite_api::table::{IncludeObject, TableOptions, table_for};
 use edgesite_store::watch_cache::{ListOptions, WatchCacheError};
 use edgesite_store::{Error as StoreError, KeyRange, KeyValue, RangeRequest};
 use serde_json::{Map, Value, json};
 
 use super::fieldvalidation as fv;
+use super::guaranteed_update::{Attempt, Step, TryUpdate, guaranteed_update};
 use super::{ApiState, body, json_bytes_response, json_response, status_response};
-use crate::allocator::{Claims, ServiceAllocator};
+use crate::admission::{Attributes, Operation};
 use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
 
 #[path = "delete.rs"]
@@ -167,7 +167,7 @@ impl Ctx {
     }
 
     fn table_options(&self) -> TableOptions {
-        let mut o = TableOptions::at(unix_now());
+        let mut o = TableOptions::at(self.state.clock.unix_seconds());
         if let Some(i) = self.param("includeObject").and_then(IncludeObject::parse) {
             o.include_object = i;
         }
@@ -257,7 +257,7 @@ async fn handle_inner(
         }
         (Method::GET, Some(name)) => {
             let kv = get_kv(&ctx, &name).await?;
-            let obj = decode(&kv, kv.mod_revision);
+            let obj = decode(&kv, kv.mod_revision)?;
             Ok(ctx.respond(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
@@ -435,11 +435,6 @@ pub async fn create_object(
     check_type(r, &mut obj)?;
     check_namespace(r, ns, &mut obj)?;
     let given = meta_str(&obj, "name").unwrap_or_default().to_owned();
-    if r.namespaced
-        && let Some(ns) = ns
-    {
-        delete::admit_create(state, r, ns, &given).await?;
-    }
     let generate = meta_str(&obj, "generateName")
         .unwrap_or_default()
         .to_owned();
@@ -459,7 +454,7 @@ pub async fn create_object(
         md.remove("deletionTimestamp");
         md.remove("deletionGracePeriodSeconds");
         md.insert("uid".into(), storage::new_uid().into());
-        md.insert("creationTimestamp".into(), storage::now_rfc3339().into());
+        md.insert("creationTimestamp".into(), state.clock.rfc3339().into());
         md.insert("generation".into(), 1.into());
     }
     let attempts = if given.is_empty() { 8 } else { 1 };
@@ -469,43 +464,70 @@ pub async fn create_object(
         } else {
             given.clone()
         };
-        // Defaulted and validated once named (errors carry the name, Job labels use it).
-        let mut obj = obj.clone();
-        if let Some(md) = metadata_mut(&mut obj) {
-            md.insert("name".into(), name.clone().into());
-        }
-        validation::default_object(r, &mut obj);
-        let causes = validation::validate_create(r, &obj);
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(r, &name, causes));
-        }
-        let claims = state.services.admit_create(r, &mut obj, dry_run).await?;
-        if dry_run {
-            return Ok(obj);
-        }
-        let key = registry::storage_key(r, ns, &name)
-            .ok_or_else(|| ApiError::bad_request(format!("invalid name {name:?}")))?;
-        let created = state
-            .storage
-            .store
-            .create(key.as_bytes(), encode(&obj), 0)
-            .await;
-        if created.is_err() {
-            state.services.rollback(claims).await;
-        }
-        match created {
-            Ok(rev) => {
-                set_resource_version(&mut obj, rev);
-                return Ok(obj);
-            }
+        match create_named(state, r, ns, &name, obj.clone(), dry_run).await {
             Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(ApiError::already_exists(r, &name));
             }
             Err(e) => return Err(storage::store_error(e)),
+            Ok(created) => return created,
         }
     }
     Err(ApiError::already_exists(r, &generate))
+}
+
+/// One attempt of [`create_object`] under `name`: admission, then the store's create. The
+/// outer error is the store's (the caller picks another generated name on `AlreadyExists`).
+async fn create_named(
+    state: &ApiState,
+    r: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    mut obj: Value,
+    dry_run: bool,
+) -> Result<Result<Value, ApiError>, StoreError> {
+    // Admitted once named (errors carry the name, Job labels use it).
+    if let Some(md) = metadata_mut(&mut obj) {
+        md.insert("name".into(), name.into());
+    }
+    let a = Attributes {
+        r,
+        namespace: ns,
+        name,
+        operation: Operation::Create,
+        old: None,
+        dry_run,
+    };
+    let admitted = async {
+        let reserved = state.admission.admit(&a, &mut obj).await?;
+        state.admission.validate(&a, Some(&obj), reserved).await
+    };
+    let reserved = match admitted.await {
+        Ok(reserved) => reserved,
+        Err(e) => return Ok(Err(e)),
+    };
+    if dry_run {
+        return Ok(Ok(obj));
+    }
+    let Some(key) = registry::storage_key(r, ns, name) else {
+        state.admission.rollback(reserved).await;
+        return Ok(Err(ApiError::bad_request(format!("invalid name {name:?}"))));
+    };
+    let created = state
+        .storage
+        .store
+        .create(key.as_bytes(), encode(&obj), 0)
+        .await;
+    match created {
+        Ok(rev) => {
+            set_resource_version(&mut obj, rev);
+            Ok(Ok(obj))
+        }
+        Err(e) => {
+            state.admission.rollback(reserved).await;
+            Err(e)
+        }
+    }
 }
 
 async fn get_kv(ctx: &Ctx, name: &str) -> Result<KeyValue, ApiError> {
@@ -566,7 +588,6 @@ fn prepare_update(r: &ResourceInfo, current: &Value, mut new: Value, status_sub:
             }
         }
     }
-    let changed = without_meta_status(current) != without_meta_status(&new);
     let cur_md = current.get("metadata").and_then(Value::as_object);
     if let Some(md) = metadata_mut(&mut new) {
         for f in [
@@ -586,16 +607,22 @@ fn prepare_update(r: &ResourceInfo, current: &Value, mut new: Value, status_sub:
                 }
             }
         }
-        let generation = cur_md
-            .and_then(|c| c.get("generation"))
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        md.insert(
-            "generation".into(),
-            (if changed { generation + 1 } else { generation }).into(),
-        );
     }
     new
+}
+
+/// `metadata.generation` of `new` replacing `current`: one more when anything but metadata
+/// and status changed (after admission, so that defaults filled in are no change).
+fn set_generation(current: &Value, new: &mut Value) {
+    let changed = without_meta_status(current) != without_meta_status(new);
+    let generation = current
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    if let Some(md) = metadata_mut(new) {
+        let generation = if changed { generation + 1 } else { generation };
+        md.insert("generation".into(), generation.into());
+    }
 }
 
 fn finalizers_empty(v: &Value) -> bool {
@@ -605,102 +632,110 @@ fn finalizers_empty(v: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
-/// Read, compute the new object, write guarded by the read's revision; retried on conflicts
-/// (a stale `metadata.resourceVersion` in the computed object is a 409).
+/// An update of object `name`: `compute` makes the new object from the current one, then
+/// admission and the write follow, retried on conflicts ([`guaranteed_update`]); a stale
+/// `metadata.resourceVersion` in the computed object is a 409. An object marked for deletion
+/// whose finalizers are all gone is removed instead.
 async fn update_loop(
     ctx: &Ctx,
     name: &str,
     status_sub: bool,
-    mut compute: impl FnMut(&Value) -> Result<Value, ApiError>,
+    mut compute: impl FnMut(&Value) -> Result<Value, ApiError> + Send,
 ) -> Result<Value, ApiError> {
     let key = ctx.key(name)?;
-    let store = &ctx.state.storage.store;
-    for _ in 0..16 {
-        let kv = get_kv(ctx, name).await?;
-        let current = decode(&kv, kv.mod_revision);
-        let mut new = compute(&current)?;
-        if !status_sub {
-            validation::default_update(ctx.r, &current, &mut new);
-        }
+    let operation = if status_sub {
+        Operation::UpdateStatus
+    } else {
+        Operation::Update
+    };
+    let mut update = AdmittedUpdate {
+        ctx,
+        name,
+        operation,
+        compute: &mut compute,
+    };
+    let outcome = guaranteed_update(&ctx.state, ctx.r, name, &key, &mut update).await?;
+    let mut object = outcome.object;
+    if let Some(rev) = outcome.revision {
+        set_resource_version(&mut object, rev);
+    }
+    Ok(object)
+}
+
+/// One attempt of [`update_loop`]: the computed object, admitted.
+struct AdmittedUpdate<'a, F> {
+    ctx: &'a Ctx,
+    name: &'a str,
+    operation: Operation,
+    compute: &'a mut F,
+}
+
+#[async_trait::async_trait]
+impl<F> TryUpdate for AdmittedUpdate<'_, F>
+where
+    F: FnMut(&Value) -> Result<Value, ApiError> + Send,
+{
+    async fn attempt(&mut self, current: &Value, rev: i64) -> Result<Attempt, ApiError> {
+        let new = (self.compute)(current)?;
         if let Some(rv) = meta_str(&new, "resourceVersion")
             && !rv.is_empty()
-            && rv != kv.mod_revision.to_string()
+            && rv != rev.to_string()
         {
             return Err(ApiError::conflict_with(
-                ctx.r,
-                name,
+                self.ctx.r,
+                self.name,
                 OPTIMISTIC_LOCK_MESSAGE,
             ));
         }
-        let mut prepared = prepare_update(ctx.r, &current, new, status_sub);
-        if !status_sub {
-            ServiceAllocator::drop_type_dependent_fields(ctx.r, &current, &mut prepared);
-        }
-        apply::record_update(ctx, &current, &mut prepared, status_sub);
-        let causes = if status_sub {
-            validation::validate_status_update(ctx.r, &current, &prepared)
-        } else {
-            validation::validate_update(ctx.r, &current, &prepared)
+        let a = Attributes {
+            r: self.ctx.r,
+            namespace: self.ctx.ns.as_deref(),
+            name: self.name,
+            operation: self.operation,
+            old: Some(current),
+            dry_run: self.ctx.dry_run(),
         };
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(ctx.r, name, causes));
-        }
-        let claims = if status_sub {
-            Claims::default()
-        } else {
-            let services = &ctx.state.services;
-            services
-                .admit_update(ctx.r, &current, &mut prepared, ctx.dry_run())
-                .await?
-        };
-        if ctx.dry_run() {
-            set_resource_version(&mut prepared, kv.mod_revision);
-            return Ok(prepared);
-        }
-        let deleting = prepared
-            .get("metadata")
-            .and_then(|m| m.get("deletionTimestamp"))
-            .is_some();
-        if deleting
-            && finalizers_empty(&prepared)
-            && !delete::namespace_spec_finalizers_pending(&prepared)
-        {
-            let deleted = store.delete(key.as_bytes(), Some(kv.mod_revision)).await;
-            let services = &ctx.state.services;
-            services.rollback(claims).await;
-            match deleted {
-                Ok((_, rev)) => {
-                    services.release(ctx.r, &current).await;
-                    set_resource_version(&mut prepared, rev);
-                    return Ok(prepared);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found(ctx.r, name)),
-                Err(e) => return Err(storage::store_error(e)),
-            }
-        }
-        let updated = store
-            .update(key.as_bytes(), encode(&prepared), kv.mod_revision, 0)
-            .await;
-        let services = &ctx.state.services;
-        match updated {
-            Ok(rev) => {
-                services.release_replaced(ctx.r, &current, &prepared).await;
-                set_resource_version(&mut prepared, rev);
-                return Ok(prepared);
-            }
-            Err(StoreError::Conflict { .. }) => services.rollback(claims).await,
-            Err(e) => {
-                services.rollback(claims).await;
-                return Err(storage::store_error(e));
-            }
-        }
+        admit_update(self.ctx, &a, current, new, rev).await
     }
-    Err(ApiError::conflict_with(
-        ctx.r,
-        name,
-        OPTIMISTIC_LOCK_MESSAGE,
-    ))
+}
+
+/// Admission and the registry's update rules for `new` replacing `current` (read at `rev`):
+/// what to write.
+async fn admit_update(
+    ctx: &Ctx,
+    a: &Attributes<'_>,
+    current: &Value,
+    new: Value,
+    rev: i64,
+) -> Result<Attempt, ApiError> {
+    let status_sub = a.operation == Operation::UpdateStatus;
+    let mut prepared = prepare_update(ctx.r, current, new, status_sub);
+    let reserved = ctx.state.admission.admit(a, &mut prepared).await?;
+    if !status_sub {
+        set_generation(current, &mut prepared);
+    }
+    apply::record_update(ctx, current, &mut prepared, status_sub);
+    let reserved = ctx
+        .state
+        .admission
+        .validate(a, Some(&prepared), reserved)
+        .await?;
+    let step = if ctx.dry_run() {
+        set_resource_version(&mut prepared, rev);
+        Step::Answer(prepared)
+    } else if is_finalized(&prepared) {
+        Step::Delete(prepared)
+    } else {
+        Step::Update(prepared)
+    };
+    Ok(Attempt { step, reserved })
+}
+
+/// Whether `obj` is marked for deletion and nothing holds it any more.
+fn is_finalized(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && finalizers_empty(obj)
+        && !delete::namespace_spec_finalizers_pending(obj)
 }
 
 /// Label and field selectors of a list or watch.
@@ -815,7 +850,7 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         }
         .map_err(storage::cache_error)?;
         for kv in page.items {
-            if everything || sel.matches(&decode(&kv, kv.mod_revision)) {
+            if everything || sel.matches(&decode(&kv, kv.mod_revision)?) {
                 items.push(kv);
             }
         }
@@ -843,12 +878,12 @@ async fn list_from_store(
         .range(RangeRequest::new(KeyRange::Prefix(prefix.as_bytes().to_vec())).at_revision(rv))
         .await
         .map_err(storage::store_error)?;
-    let items = resp
-        .kvs
-        .into_iter()
-        .filter(|kv| sel.is_everything() || sel.matches(&decode(kv, kv.mod_revision)))
-        .map(Arc::new)
-        .collect();
+    let mut items = Vec::with_capacity(resp.kvs.len());
+    for kv in resp.kvs {
+        if sel.is_everything() || sel.matches(&decode(&kv, kv.mod_revision)?) {
+            items.push(Arc::new(kv));
+        }
+    }
     list_response(ctx, items, rv, None)
 }
 
@@ -862,9 +897,15 @@ fn list_response(
         let mut o = ctx.table_options();
         o.resource_version = Some(revision.to_string());
         o.continue_token = cont;
-        let objs: Vec<Value> = items.iter().map(|kv| decode(kv, kv.mod_revision)).collect();
+        let objs = items
+            .iter()
+            .map(|kv| decode(kv, kv.mod_revision))
+            .collect::<Result<Vec<Value>, ApiError>>()?;
         let refs: Vec<&Value> = objs.iter().collect();
         return Ok(json_response(StatusCode::OK, &table_for(ctx.r, &refs, &o)));
+    }
+    for kv in &items {
+        storage::check_readable(kv)?;
     }
     let mut metadata = Map::new();
     metadata.insert("resourceVersion".into(), revision.to_string().into());

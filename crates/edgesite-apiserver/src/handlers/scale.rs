@@ -9,11 +9,11 @@ use edgesite_api::registry::{self, ResourceInfo};
 use edgesite_api::selector::LabelSelector;
 use edgesite_api::status::{ApiError, Cause, OPTIMISTIC_LOCK_MESSAGE};
 use edgesite_api::table::{IncludeObject, TableOptions, human_duration, parse_rfc3339};
-use edgesite_store::Error as StoreError;
 use serde_json::{Value, json};
 
+use super::guaranteed_update::{Decide, Step, guaranteed_update};
 use super::{ApiState, body};
-use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
+use crate::storage::{self, decode, meta_str, metadata_mut, set_resource_version};
 
 /// A `scale` request on the object `name` of `r`.
 pub(super) struct ScaleRequest<'a> {
@@ -87,85 +87,86 @@ async fn handle_scale(
         }
         _ => return Err(ApiError::method_not_allowed(req.r, "this method")),
     };
-    for _ in 0..16 {
+    let Some(change) = change else {
         let kv = store
             .get(key.as_bytes())
             .await
             .map_err(storage::store_error)?
             .ok_or_else(|| ApiError::not_found(req.r, req.name))?;
-        let current = decode(&kv, kv.mod_revision);
-        let scale = scale_of(&current);
-        let Some(change) = &change else {
-            return Ok((StatusCode::OK, scale));
-        };
-        let wanted = match change {
+        return Ok((StatusCode::OK, scale_of(&decode(&kv, kv.mod_revision)?)));
+    };
+    let mut decide = Decide(|current: &Value, rev| {
+        let wanted = match &change {
             Change::Replace(v) => v.clone(),
-            Change::Json => patch::json_patch(&scale, req.body)?,
-            Change::Merge(p) => patch::merge_patch(&scale, p)?,
-            Change::Strategic(p) => patch::strategic_merge_patch(&scale, p, &KnownMergeKeys)?,
+            Change::Json => patch::json_patch(&scale_of(current), req.body)?,
+            Change::Merge(p) => patch::merge_patch(&scale_of(current), p)?,
+            Change::Strategic(p) => {
+                patch::strategic_merge_patch(&scale_of(current), p, &KnownMergeKeys)?
+            }
         };
-        check_scale(&wanted)?;
-        if let Some(rv) = meta_str(&wanted, "resourceVersion")
-            && !rv.is_empty()
-            && rv != kv.mod_revision.to_string()
-        {
-            return Err(ApiError::conflict_with(
-                req.r,
-                req.name,
-                OPTIMISTIC_LOCK_MESSAGE,
-            ));
+        rescale(&req, current, rev, &wanted)
+    });
+    let outcome = guaranteed_update(state, req.r, req.name, &key, &mut decide).await?;
+    let mut updated = outcome.object;
+    if let Some(rev) = outcome.revision {
+        set_resource_version(&mut updated, rev);
+    }
+    Ok((StatusCode::OK, scale_of(&updated)))
+}
+
+/// The parent `current` (read at `rev`) with the `spec.replicas` of the `wanted` Scale.
+fn rescale(
+    req: &ScaleRequest<'_>,
+    current: &Value,
+    rev: i64,
+    wanted: &Value,
+) -> Result<Step, ApiError> {
+    check_scale(wanted)?;
+    if let Some(rv) = meta_str(wanted, "resourceVersion")
+        && !rv.is_empty()
+        && rv != rev.to_string()
+    {
+        return Err(ApiError::conflict_with(
+            req.r,
+            req.name,
+            OPTIMISTIC_LOCK_MESSAGE,
+        ));
+    }
+    let replicas = match wanted.pointer("/spec/replicas") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| invalid(req.name, "spec.replicas", v, "must be an integer"))?,
+    };
+    if replicas < 0 {
+        return Err(invalid(
+            req.name,
+            "spec.replicas",
+            &json!(replicas),
+            "must be greater than or equal to 0",
+        ));
+    }
+    let unchanged =
+        current.pointer("/spec/replicas").and_then(Value::as_i64) == Some(i64::from(replicas));
+    let mut updated = current.clone();
+    if let Some(m) = updated.as_object_mut() {
+        let spec = m.entry("spec").or_insert_with(|| json!({}));
+        if !spec.is_object() {
+            *spec = json!({});
         }
-        let replicas = match wanted.pointer("/spec/replicas") {
-            None | Some(Value::Null) => 0,
-            Some(v) => v
-                .as_i64()
-                .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| invalid(req.name, "spec.replicas", v, "must be an integer"))?,
-        };
-        if replicas < 0 {
-            return Err(invalid(
-                req.name,
-                "spec.replicas",
-                &json!(replicas),
-                "must be greater than or equal to 0",
-            ));
-        }
-        let unchanged =
-            current.pointer("/spec/replicas").and_then(Value::as_i64) == Some(i64::from(replicas));
-        let mut updated = current.clone();
-        if let Some(m) = updated.as_object_mut() {
-            let spec = m.entry("spec").or_insert_with(|| json!({}));
-            if !spec.is_object() {
-                *spec = json!({});
-            }
-            if let Some(spec) = spec.as_object_mut() {
-                spec.insert("replicas".into(), replicas.into());
-            }
-        }
-        if unchanged || req.dry_run {
-            return Ok((StatusCode::OK, scale_of(&updated)));
-        }
-        if let Some(md) = metadata_mut(&mut updated) {
-            let generation = md.get("generation").and_then(Value::as_i64).unwrap_or(1);
-            md.insert("generation".into(), (generation + 1).into());
-        }
-        match store
-            .update(key.as_bytes(), encode(&updated), kv.mod_revision, 0)
-            .await
-        {
-            Ok(rev) => {
-                set_resource_version(&mut updated, rev);
-                return Ok((StatusCode::OK, scale_of(&updated)));
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(storage::store_error(e)),
+        if let Some(spec) = spec.as_object_mut() {
+            spec.insert("replicas".into(), replicas.into());
         }
     }
-    Err(ApiError::conflict_with(
-        req.r,
-        req.name,
-        OPTIMISTIC_LOCK_MESSAGE,
-    ))
+    if unchanged || req.dry_run {
+        return Ok(Step::Answer(updated));
+    }
+    if let Some(md) = metadata_mut(&mut updated) {
+        let generation = md.get("generation").and_then(Value::as_i64).unwrap_or(1);
+        md.insert("generation".into(), (generation + 1).into());
+    }
+    Ok(Step::Update(updated))
 }
 
 /// The `Table` of one `Scale`: upstream's columns Name, Desired, Available and Age.

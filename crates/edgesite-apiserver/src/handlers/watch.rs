@@ -9,7 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use edgesite_api::registry::{self, ResourceInfo};
 use edgesite_api::status::ApiError;
-use edgesite_api::table::{TableOptions, table_for, unix_now};
+use edgesite_api::table::{TableOptions, table_for};
+use edgesite_clock::Clock;
 use edgesite_store::watch_cache::{
     CacheEvent, CacheEventKind, CacheWatch, WatchCacheError, WatchItem, WatchOptions,
 };
@@ -28,6 +29,8 @@ struct Stream {
     sel: Arc<Selectors>,
     table: bool,
     first: bool,
+    /// Ages in table rows are relative to it.
+    clock: Arc<dyn Clock>,
 }
 
 /// Starts a watch; answers 200 with the event stream (a too-old revision is one ERROR event).
@@ -66,11 +69,10 @@ pub async fn watch(
     if !sel.is_everything() {
         let fsel = sel.clone();
         opts = opts.with_filter(move |ev: &CacheEvent| {
-            fsel.matches(&decode(&ev.kv, ev.revision))
-                || ev
-                    .prev
-                    .as_ref()
-                    .is_some_and(|p| fsel.matches(&decode(p, p.mod_revision)))
+            // An unreadable object passes: the watcher gets an ERROR event naming its key.
+            let matches = |kv, rv| decode(kv, rv).map_or(true, |o| fsel.matches(&o));
+            matches(&ev.kv, ev.revision)
+                || ev.prev.as_ref().is_some_and(|p| matches(p, p.mod_revision))
         });
     }
     let timeout = query
@@ -86,6 +88,7 @@ pub async fn watch(
         sel,
         table,
         first: true,
+        clock: state.clock.clone(),
     };
     match cache.watch(opts).await {
         Ok(w) => st.watch = Some(w),
@@ -175,6 +178,9 @@ impl Stream {
                 CacheEventKind::Modified => b"MODIFIED",
                 CacheEventKind::Deleted => b"DELETED",
             };
+            if let Err(e) = storage::check_readable(&ev.kv) {
+                return Some(line(&error_event(&e)));
+            }
             let mut out = Vec::with_capacity(ev.kv.value.len() + 96);
             out.extend_from_slice(b"{\"type\":\"");
             out.extend_from_slice(kind);
@@ -183,8 +189,11 @@ impl Stream {
             out.extend_from_slice(b"}\n");
             return Some(Bytes::from(out));
         }
-        let cur = decode(&ev.kv, ev.revision);
-        let prev = ev.prev.as_ref().map(|p| decode(p, ev.revision));
+        let cur = match decode(&ev.kv, ev.revision) {
+            Ok(cur) => cur,
+            Err(e) => return Some(line(&error_event(&e))),
+        };
+        let prev = ev.prev.as_ref().and_then(|p| decode(p, ev.revision).ok());
         let cur_ok = self.sel.matches(&cur);
         let prev_ok = prev.as_ref().is_some_and(|p| self.sel.matches(p));
         let (kind, obj) = match ev.kind {
@@ -196,7 +205,7 @@ impl Stream {
             _ => return None,
         };
         let obj = if self.table {
-            let mut o = TableOptions::at(unix_now());
+            let mut o = TableOptions::at(self.clock.unix_seconds());
             o.no_headers = !self.first;
             o.resource_version = Some(ev.revision.to_string());
             self.first = false;
