@@ -505,8 +505,9 @@ fn readiness_and_availability() {
     // 2024-01-01T00:00:00Z
     let t0: i64 = 1_704_067_200;
     let ready_at = |status: &str| json!({"conditions": [{"type": "Ready", "status": status, "lastTransitionTime": "2024-01-01T00:00:00Z"}]});
-    let cases: Vec<(&str, Value, i32, i64, bool, bool, Option<i64>)> = vec![
-        // (name, status, minReadySeconds, now, ready, available, seconds until available)
+    // (name, status, minReadySeconds, now, ready, available, seconds until available)
+    type Case = (&'static str, Value, i32, i64, bool, bool, Option<i64>);
+    let cases: Vec<Case> = vec![
         ("no status", json!({}), 0, t0, false, false, None),
         (
             "no Ready condition",
