@@ -9,6 +9,7 @@ pub mod decode;
 pub mod discovery;
 pub mod openapi;
 pub mod patch;
+pub mod predicates;
 pub mod protobuf;
 pub mod quantity;
 pub mod registry;
