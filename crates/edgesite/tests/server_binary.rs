@@ -43,7 +43,10 @@ fn edgesite_server_binary_starts_serves_kubectl_and_stops() -> Result<()> {
             .find(|l| l.contains("API server ready in"))
             .context("ready line logged")?;
         println!("server log: {line}");
-        let export = format!("export KUBECONFIG={}", std::path::absolute(&kubeconfig)?.display());
+        let export = format!(
+            "export KUBECONFIG={}",
+            std::path::absolute(&kubeconfig)?.display()
+        );
         assert!(
             text.lines().any(|l| l == export),
             "the server prints `{export}` on a line of its own:\n{text}"
