@@ -30,8 +30,9 @@ use std::collections::{BinaryHeap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+use edgesite_clock::{Clock, SystemClock};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -69,6 +70,9 @@ pub struct SimConfig {
     pub heartbeat: Duration,
     /// How many pod status updates may be in flight at once.
     pub concurrency: usize,
+    /// Where the times the nodes report (heartbeats, lease renewals, container start and
+    /// finish) come from. Timers (heartbeat cadence, run lengths) stay on tokio's clock.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl SimConfig {
@@ -79,6 +83,7 @@ impl SimConfig {
             prefix: prefix.into(),
             heartbeat: Duration::from_secs(10),
             concurrency: 32,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -109,8 +114,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SimError> {
     let names: Vec<String> = (0..config.nodes).map(|i| config.node_name(i)).collect();
+    let clock = config.clock;
     for (i, name) in names.iter().enumerate() {
-        register(&client, name, i)
+        register(&client, &*clock, name, i)
             .await
             .map_err(|source| SimError::Register {
                 node: name.clone(),
@@ -119,8 +125,8 @@ pub async fn run(
     }
     info!(nodes = names.len(), prefix = %config.prefix, "hollow nodes registered");
     let ours: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
-    let heartbeats = heartbeat_loop(client.clone(), names, config.heartbeat);
-    let pods = pod_loop(client, ours, config.concurrency.max(1));
+    let heartbeats = heartbeat_loop(client.clone(), clock.clone(), names, config.heartbeat);
+    let pods = pod_loop(client, clock, ours, config.concurrency.max(1));
     tokio::select! {
         () = shutdown => info!("hollow nodes stopping"),
         () = heartbeats => warn!("the heartbeat loop ended"),
@@ -129,22 +135,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Unix time now, in seconds and microseconds.
-fn now() -> (i64, u32) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+/// Unix time now on `clock`, in seconds and microseconds.
+fn now(clock: &dyn Clock) -> (i64, u32) {
+    let d = clock.now().duration_since(UNIX_EPOCH).unwrap_or_default();
     (d.as_secs() as i64, d.subsec_micros())
 }
 
 /// `metav1.Time` (seconds) now.
-fn time_now() -> String {
-    format_rfc3339(now().0, None)
+fn time_now(clock: &dyn Clock) -> String {
+    format_rfc3339(now(clock).0, None)
 }
 
 /// `metav1.MicroTime` now.
-fn micro_time_now() -> String {
-    let (secs, micros) = now();
+fn micro_time_now(clock: &dyn Clock) -> String {
+    let (secs, micros) = now(clock);
     format_rfc3339(secs, Some(micros))
 }
 
@@ -168,7 +172,12 @@ fn node_addresses(index: usize) -> (String, String) {
 
 /// Creates the node (or takes over an existing one of the same name), marks it Ready and
 /// creates its Lease.
-async fn register(client: &Client, name: &str, index: usize) -> Result<(), kube::Error> {
+async fn register(
+    client: &Client,
+    clock: &dyn Clock,
+    name: &str,
+    index: usize,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let (ip, pod_net) = node_addresses(index);
     let node: Node = serde_json::from_value(json!({
@@ -192,7 +201,7 @@ async fn register(client: &Client, name: &str, index: usize) -> Result<(), kube:
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e),
     }
-    let now = time_now();
+    let now = time_now(clock);
     let capacity =
         json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
     let status = json!({"status": {
@@ -232,13 +241,13 @@ async fn register(client: &Client, name: &str, index: usize) -> Result<(), kube:
         "spec": {
             "holderIdentity": name,
             "leaseDurationSeconds": 40,
-            "renewTime": micro_time_now(),
+            "renewTime": micro_time_now(clock),
         },
     }))
     .map_err(kube::Error::SerdeError)?;
     match leases.create(&PostParams::default(), &lease).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => renew(&leases, name).await,
+        Err(kube::Error::Api(e)) if e.code == 409 => renew(&leases, clock, name).await,
         Err(e) => Err(e),
     }
 }
@@ -261,8 +270,8 @@ fn patch_params() -> PatchParams {
     }
 }
 
-async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({"spec": {"holderIdentity": name, "renewTime": micro_time_now()}});
+async fn renew(leases: &Api<Lease>, clock: &dyn Clock, name: &str) -> Result<(), kube::Error> {
+    let patch = json!({"spec": {"holderIdentity": name, "renewTime": micro_time_now(clock)}});
     leases
         .patch(name, &patch_params(), &Patch::Merge(&patch))
         .await
@@ -270,7 +279,12 @@ async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
 }
 
 /// Renews every node's Lease each `every`, spread over the interval.
-async fn heartbeat_loop(client: Client, names: Vec<String>, every: Duration) {
+async fn heartbeat_loop(
+    client: Client,
+    clock: Arc<dyn Clock>,
+    names: Vec<String>,
+    every: Duration,
+) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let gap = every / u32::try_from(names.len().max(1)).unwrap_or(u32::MAX);
     // A fixed cadence: the time a renewal takes does not stretch the round.
@@ -279,7 +293,7 @@ async fn heartbeat_loop(client: Client, names: Vec<String>, every: Duration) {
     loop {
         for name in &names {
             tick.tick().await;
-            if let Err(err) = renew(&leases, name).await {
+            if let Err(err) = renew(&leases, &*clock, name).await {
                 debug!(node = %name, %err, "lease renewal failed; retried next round");
             }
         }
@@ -301,6 +315,8 @@ struct PodServer {
     runs: mpsc::UnboundedSender<Run>,
     /// How many exits may be reported at once.
     concurrency: usize,
+    /// Where reported times come from.
+    clock: Arc<dyn Clock>,
 }
 
 /// A pending container exit: the pod `namespace/name` with `uid` finishes at `due`.
@@ -345,7 +361,12 @@ impl PodServer {
 
 /// Follows the pods bound to the hollow nodes: reports new ones running and ready, finishes
 /// the ones that run to completion, and finishes the deletion of the ones being deleted.
-async fn pod_loop(client: Client, ours: Arc<HashSet<String>>, concurrency: usize) {
+async fn pod_loop(
+    client: Client,
+    clock: Arc<dyn Clock>,
+    ours: Arc<HashSet<String>>,
+    concurrency: usize,
+) {
     let (runs, queued) = mpsc::unbounded_channel();
     let server = Arc::new(PodServer {
         pods: Api::all(client),
@@ -354,6 +375,7 @@ async fn pod_loop(client: Client, ours: Arc<HashSet<String>>, concurrency: usize
         timed: Mutex::new(HashSet::new()),
         runs,
         concurrency,
+        clock,
     });
     let config = watcher::Config::default().fields("spec.nodeName!=");
     let stream = watcher(server.pods.clone(), config)
@@ -448,7 +470,7 @@ async fn serve_pod(server: &PodServer, pod: &Pod) -> Result<(), kube::Error> {
         if finite {
             // Seen again (e.g. after the simulator restarted): exit when the run is over.
             let elapsed = started_at(pod)
-                .map(|t| u64::try_from(now().0 - t).unwrap_or(0))
+                .map(|t| u64::try_from(now(&*server.clock).0 - t).unwrap_or(0))
                 .unwrap_or(0);
             server.time(
                 pod,
@@ -469,7 +491,7 @@ async fn serve_pod(server: &PodServer, pod: &Pod) -> Result<(), kube::Error> {
             2 + server.ips.fetch_add(1, Ordering::Relaxed) % 250
         )
     });
-    let now = time_now();
+    let now = time_now(&*server.clock);
     let containers: Vec<Value> = container_statuses(pod, |_| {
         json!({"ready": true, "started": true, "restartCount": 0,
                "state": {"running": {"startedAt": now}}})
@@ -609,7 +631,7 @@ async fn exit(server: &PodServer, run: &Run) -> Result<Option<Duration>, kube::E
     let code = exit_code(&pod);
     let on_failure =
         pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("OnFailure");
-    let now = time_now();
+    let now = time_now(&*server.clock);
     let started = |c: &str| -> Value {
         pod.status
             .as_ref()
@@ -700,5 +722,15 @@ mod tests {
         );
         let c = SimConfig::new(3, "hollow");
         assert_eq!(c.node_name(2), "hollow-2");
+    }
+
+    #[test]
+    fn reported_times_come_from_the_configured_clock() {
+        let clock = edgesite_clock::ManualClock::new();
+        let (secs, micros) = now(&clock);
+        assert_eq!(now(&clock), (secs, micros));
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(now(&clock), (secs + 90, micros));
+        assert_eq!(time_now(&clock), format_rfc3339(secs + 90, None));
     }
 }

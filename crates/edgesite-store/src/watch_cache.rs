@@ -36,12 +36,12 @@ use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use edgesite_clock::{Clock, SystemClock};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::{
     Error as StoreError, EventType, KeyRange, KeyValue, RangeRequest, Revision, Store,
@@ -139,6 +139,17 @@ pub struct WatchCacheConfig {
     pub wait_timeout: Duration,
     /// Longest pause between attempts to re-establish the store watch while the store fails.
     pub max_retry_backoff: Duration,
+    /// Where event ages (for `max_age`) and bookmark timing read the time. The cache still
+    /// wakes on a tokio timer (at most a second apart) to look at it.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl WatchCacheConfig {
+    /// Sets the clock (tests: a `ManualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
 }
 
 impl Default for WatchCacheConfig {
@@ -150,6 +161,7 @@ impl Default for WatchCacheConfig {
             bookmark_interval: Duration::from_secs(30),
             wait_timeout: Duration::from_secs(3),
             max_retry_backoff: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -715,7 +727,7 @@ impl Inner {
         // with the revision before this response, not with the previous event.
         let base = st.revision;
         let mut last = base;
-        let now = Instant::now();
+        let now = self.config.clock.instant();
         for ev in resp.events {
             let revision = ev.kv.mod_revision;
             if revision <= base || !ev.kv.key.starts_with(&self.prefix) {
@@ -785,7 +797,7 @@ impl Inner {
     fn evict(&self, st: &mut State, now: Instant) {
         while let Some((ev, at)) = st.events.front() {
             let too_many = st.events.len() > self.config.max_events;
-            let too_old = now.duration_since(*at) > self.config.max_age;
+            let too_old = now.saturating_duration_since(*at) > self.config.max_age;
             if !(too_many || too_old) {
                 break;
             }
@@ -798,7 +810,7 @@ impl Inner {
     fn tick(&self, bookmarks: bool) {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
-        self.evict(st, Instant::now());
+        self.evict(st, self.config.clock.instant());
         if bookmarks {
             let revision = st.revision;
             for w in st.watchers.values().filter(|w| w.bookmarks) {
@@ -923,7 +935,8 @@ async fn run(inner: Arc<Inner>, mut stream: WatchStream) {
         .max(Duration::from_millis(10));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_bookmark = Instant::now();
+    let clock = inner.config.clock.clone();
+    let mut last_bookmark = clock.instant();
     loop {
         tokio::select! {
             item = stream.next() => match item {
@@ -932,9 +945,10 @@ async fn run(inner: Arc<Inner>, mut stream: WatchStream) {
                 None => stream = inner.recover(StoreError::Closed).await,
             },
             _ = ticker.tick() => {
-                let due = last_bookmark.elapsed() >= inner.config.bookmark_interval;
+                let now = clock.instant();
+                let due = now.saturating_duration_since(last_bookmark) >= inner.config.bookmark_interval;
                 if due {
-                    last_bookmark = Instant::now();
+                    last_bookmark = now;
                 }
                 inner.tick(due);
             }

@@ -6,6 +6,8 @@
 //! Watchers are fed live from the writer's committed batches and fall back to the on-disk change
 //! log when they start in the past or fall behind (`watch.rs`). Leases live on disk; their
 //! deadlines live in memory and restart at full TTL when the store opens, as etcd does.
+//! Every deadline and timer reads [`EmbeddedConfig::clock`], so tests move lease expiry,
+//! checkpoints and time-based compaction by hand.
 
 mod codec;
 mod read;
@@ -22,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use edgesite_clock::{Clock, SystemClock};
 use redb::{Database, ReadTransaction, ReadableDatabase, TableError};
 use tokio::sync::{broadcast, oneshot};
 
@@ -75,6 +78,8 @@ pub struct EmbeddedConfig {
     /// error, nothing stored) once less is left, so that the store never runs into the end of
     /// the disk in the middle of a commit.
     pub reserved_disk_bytes: u64,
+    /// Where lease deadlines, checkpoint timers and time-based compaction read the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl EmbeddedConfig {
@@ -86,12 +91,19 @@ impl EmbeddedConfig {
             cache_size_bytes: 32 << 20,
             progress_notify_interval: Duration::from_secs(5),
             reserved_disk_bytes: 64 << 20,
+            clock: Arc::new(SystemClock),
         }
     }
 
     /// Sets the automatic compaction policy.
     pub fn with_compaction(mut self, policy: CompactionPolicy) -> Self {
         self.compaction = policy;
+        self
+    }
+
+    /// Sets the clock (tests: a `ManualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 }
@@ -165,20 +177,25 @@ impl Shared {
 }
 
 /// Drops the last handle on the database once reads in flight (which hold their own) are done,
-/// so that the file lock is released by the time this returns.
+/// so that the file lock is released by the time this returns; gives up after at least 10 s.
+/// It counts polls instead of reading the store's clock: it waits for other threads in real
+/// time, and a manual clock would never reach a deadline.
 fn release(db: Arc<Database>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Arc::strong_count(&db) > 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
+    for _ in 0..10_000 {
+        if Arc::strong_count(&db) <= 1 {
+            return;
+        }
+        edgesite_clock::block_for(Duration::from_millis(1));
     }
 }
 
 /// Deadlines of the live leases. The writer owns the lease table on disk; this is its
 /// in-memory shadow, consulted by keep-alives and by the expiry timer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Leases {
     inner: Mutex<HashMap<LeaseId, LeaseState>>,
     changed: tokio::sync::Notify,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,8 +207,21 @@ struct LeaseState {
 }
 
 impl Leases {
+    fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
+            clock,
+        }
+    }
+
+    /// The instant deadlines are measured against.
+    fn now(&self) -> Instant {
+        self.clock.instant()
+    }
+
     pub(crate) fn granted(&self, id: LeaseId, ttl: i64) {
-        let deadline = Instant::now() + secs(ttl);
+        let deadline = self.now() + secs(ttl);
         self.lock().insert(
             id,
             LeaseState {
@@ -213,7 +243,7 @@ impl Leases {
         if state.revoke_sent.is_some() {
             return Err(Error::LeaseNotFound(id));
         }
-        state.deadline = Instant::now() + secs(state.ttl);
+        state.deadline = self.now() + secs(state.ttl);
         Ok(LeaseInfo {
             id,
             granted_ttl: state.ttl,
@@ -222,9 +252,10 @@ impl Leases {
     }
 
     fn time_to_live(&self, id: LeaseId) -> Result<LeaseInfo> {
+        let now = self.now();
         let map = self.lock();
         let state = map.get(&id).ok_or(Error::LeaseNotFound(id))?;
-        let left = state.deadline.saturating_duration_since(Instant::now());
+        let left = state.deadline.saturating_duration_since(now);
         Ok(LeaseInfo {
             id,
             granted_ttl: state.ttl,
@@ -309,7 +340,7 @@ impl EmbeddedStore {
             revision: AtomicI64::new(recovered.revision),
             compact_revision: AtomicI64::new(recovered.compact),
             events,
-            leases: Leases::default(),
+            leases: Leases::new(config.clock.clone()),
             closed,
             path: config.path.clone(),
             progress_interval: config.progress_notify_interval,
@@ -449,11 +480,13 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// Hands expired leases to the writer; wakes at the earliest deadline.
+/// Hands expired leases to the writer; wakes at the earliest deadline, and at least every
+/// second so that a clock moved by hand is noticed.
 async fn lease_timer(shared: Arc<Shared>, tx: Sender<Command>) {
     let mut closed = shared.closed.subscribe();
     while !*closed.borrow_and_update() {
-        let (expired, next) = shared.leases.take_expired(Instant::now());
+        let now = shared.leases.now();
+        let (expired, next) = shared.leases.take_expired(now);
         for id in expired {
             tracing::debug!(lease = id, "lease expired");
             if tx.send(Command::LeaseRevoke(id, None)).is_err() {
@@ -461,7 +494,7 @@ async fn lease_timer(shared: Arc<Shared>, tx: Sender<Command>) {
             }
         }
         let wait = next
-            .map(|n| n.saturating_duration_since(Instant::now()))
+            .map(|n| n.saturating_duration_since(now))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         tokio::select! {

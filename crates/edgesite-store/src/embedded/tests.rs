@@ -282,3 +282,41 @@ async fn refuses_a_damaged_file_and_leaves_it_alone() {
         "a refused file is not modified"
     );
 }
+
+#[tokio::test]
+async fn leases_run_on_the_store_clock_not_the_wall_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(edgesite_clock::ManualClock::new());
+    let config = EmbeddedConfig::new(dir.path().join("db")).with_clock(clock.clone());
+    let store = EmbeddedStore::open(config).await.unwrap();
+    let lease = store.lease_grant(10).await.unwrap();
+    store.put(b"/leased", b"v".to_vec(), lease).await.unwrap();
+    let ttl = async || store.lease_time_to_live(lease).await.unwrap().ttl;
+
+    // Real time longer than the lease timer's one-second wake-up moves nothing.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(ttl().await, 10);
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(ttl().await, 6);
+    assert_eq!(store.lease_keep_alive(lease).await.unwrap().ttl, 10);
+    assert_eq!(ttl().await, 10);
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(ttl().await, 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(store.get(b"/leased").await.unwrap().is_some());
+
+    // Past the deadline, the timer revokes the lease (and its key) within about a second.
+    clock.advance(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.get(b"/leased").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(
+        store.lease_time_to_live(lease).await,
+        Err(Error::LeaseNotFound(id)) if id == lease
+    ));
+}

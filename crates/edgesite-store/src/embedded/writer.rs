@@ -156,6 +156,7 @@ impl Writer {
         config: super::EmbeddedConfig,
         wal: Wal,
     ) -> Self {
+        let started = config.clock.instant();
         Self {
             shared,
             db: Some(db),
@@ -178,25 +179,36 @@ impl Writer {
             wal,
             seq: start.wal_seq,
             dirty: false,
-            last_checkpoint: Instant::now(),
+            last_checkpoint: started,
         }
+    }
+
+    /// The store clock's current instant ([`super::EmbeddedConfig::clock`]).
+    fn now(&self) -> Instant {
+        self.config.clock.instant()
+    }
+
+    /// How long ago `t` was, on the store's clock.
+    fn since(&self, t: Instant) -> Duration {
+        self.now().saturating_duration_since(t)
     }
 
     fn checkpoint_due(&self) -> bool {
         self.dirty
-            && (self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+            && (self.since(self.last_checkpoint) >= CHECKPOINT_INTERVAL
                 || self.wal.len() >= MAX_WAL_BYTES)
     }
 
     /// Runs until every sender is gone.
     pub(crate) fn run(mut self) {
-        let mut last_sample = Instant::now() - Duration::from_secs(3600);
+        // `None`: sample at once.
+        let mut last_sample: Option<Instant> = None;
         loop {
             let pending_compaction = self.state.compacted_upto < self.state.compact;
             let wait = if pending_compaction {
                 Duration::ZERO
             } else if self.dirty {
-                CHECKPOINT_INTERVAL.saturating_sub(self.last_checkpoint.elapsed())
+                CHECKPOINT_INTERVAL.saturating_sub(self.since(self.last_checkpoint))
             } else {
                 Duration::from_millis(500)
             };
@@ -234,8 +246,8 @@ impl Writer {
                 }
                 return;
             }
-            if last_sample.elapsed() >= Duration::from_secs(1) {
-                last_sample = Instant::now();
+            if last_sample.is_none_or(|t| self.since(t) >= Duration::from_secs(1)) {
+                last_sample = Some(self.now());
                 self.sample_and_plan_compaction();
             } else if self.policy.keep_revisions.is_some() {
                 self.plan_revision_compaction();
@@ -259,7 +271,7 @@ impl Writer {
     /// Records the current revision for time-based compaction and moves the compaction point
     /// forward if the policy says so.
     fn sample_and_plan_compaction(&mut self) {
-        let now = Instant::now();
+        let now = self.now();
         self.samples.push_back((now, self.state.revision));
         if let Some(keep) = self.policy.keep_duration {
             let mut target = None;
@@ -308,7 +320,7 @@ impl Writer {
             Ok(outcomes) => {
                 self.seq += 1;
                 if checkpoint {
-                    self.last_checkpoint = Instant::now();
+                    self.last_checkpoint = self.now();
                     self.dirty = false;
                     if let Err(e) = self.wal.reset() {
                         // Harmless: replay skips what the checkpoint holds.
