@@ -15,18 +15,18 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures::StreamExt as _;
-use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::cron::{Schedule, TimeZone};
 use crate::job::{finished_condition, record_event};
+use crate::queue;
 use crate::workload::{controller_ref, is_controlled_by, key};
 use crate::{Config, Error};
 
@@ -66,20 +66,9 @@ pub async fn run(client: Client, config: Arc<Config>) {
     let cronjobs: Api<CronJob> = Api::all(client.clone());
     let jobs: Api<Job> = Api::all(client.clone());
     let ctx = Arc::new(Context { client, config });
-    Controller::new(cronjobs, watcher::Config::default())
-        .owns(jobs, watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "cronjob reconcile");
-            }
-        })
-        .await;
-}
-
-fn error_policy(cj: Arc<CronJob>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(cronjob = %key(&*cj), %err, "cronjob sync failed; retrying");
-    Action::requeue(Duration::from_secs(1))
+    let controller = Controller::new(cronjobs, watcher::Config::default())
+        .owns(jobs, watcher::Config::default());
+    queue::run_controller("cronjob", controller, reconcile, ctx).await;
 }
 
 /// The time `scheduled` the schedule fired last at or before `now`, how many times it fired
@@ -164,12 +153,172 @@ fn job_ref(job: &Job) -> ObjectReference {
     }
 }
 
-#[allow(clippy::too_many_lines)]
+/// An Event to record: type, reason, message.
+type Note = (&'static str, &'static str, String);
+
+/// The status the CronJob's Jobs imply (`active` follows the unfinished ones,
+/// `lastSuccessfulTime` the newest completion), and the completions to report.
+fn track_jobs(old: &CronJobStatus, jobs: &[Job]) -> (CronJobStatus, Vec<Note>) {
+    let mut st = old.clone();
+    let mut notes = Vec::new();
+    let mut active: Vec<ObjectReference> = Vec::new();
+    for j in jobs {
+        let Some(ty) = finished_condition(j) else {
+            active.push(job_ref(j));
+            continue;
+        };
+        let was_active = old
+            .active
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.uid == j.metadata.uid);
+        if was_active {
+            notes.push((
+                "Normal",
+                "SawCompletedJob",
+                format!("Saw completed job: {}, condition: {ty}", j.name_any()),
+            ));
+        }
+        if ty == "Complete"
+            && let Some(done) = j.status.as_ref().and_then(|s| s.completion_time.clone())
+            && st
+                .last_successful_time
+                .as_ref()
+                .is_none_or(|t| unix(t) < unix(&done))
+        {
+            st.last_successful_time = Some(done);
+        }
+    }
+    st.active = (!active.is_empty()).then_some(active);
+    (st, notes)
+}
+
+/// What a pass does about the schedule, decided by [`plan`].
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    /// Events to record.
+    notes: Vec<Note>,
+    /// The scheduled time to start a Job for, and the zone its name and annotation use.
+    start: Option<(i64, TimeZone)>,
+    /// Running Jobs to delete first (`concurrencyPolicy: Replace`).
+    replace: Vec<ObjectReference>,
+    /// The status to write (the started Job is added once created).
+    status: CronJobStatus,
+    /// The next scheduled time, to look again then; `None` waits for a change.
+    next: Option<i64>,
+}
+
+/// Decides whether a scheduled time came that needs a Job, from the CronJob, the status its
+/// Jobs imply and "now" (no IO).
+fn plan(cj: &CronJob, spec: &CronJobSpec, status: CronJobStatus, now: i64) -> Plan {
+    let mut plan = Plan {
+        status,
+        ..Plan::default()
+    };
+    if spec.suspend == Some(true) {
+        return plan;
+    }
+    let schedule = match Schedule::parse(&spec.schedule) {
+        Ok(s) => s,
+        Err(err) => {
+            let message = format!("invalid schedule: {}: {err}", spec.schedule);
+            plan.notes.push(("Warning", "InvalidSchedule", message));
+            return plan;
+        }
+    };
+    let tz = match TimeZone::parse(spec.time_zone.as_deref()) {
+        Ok(tz) => tz,
+        Err(err) => {
+            let message = format!("invalid timeZone: {:?}: {err}", spec.time_zone.as_deref());
+            plan.notes.push(("Warning", "UnknownTimeZone", message));
+            return plan;
+        }
+    };
+    let created = cj.metadata.creation_timestamp.as_ref().map_or(now, unix);
+    let mut earliest = plan
+        .status
+        .last_schedule_time
+        .as_ref()
+        .map_or(created, unix);
+    if let Some(sds) = spec.starting_deadline_seconds {
+        earliest = earliest.max(now - sds);
+    }
+    let missed = missed_times(&schedule, tz, earliest, now);
+    plan.next = missed.next;
+    let Some(scheduled) = missed.most_recent else {
+        return plan;
+    };
+    if missed.count > TOO_MANY_MISSED {
+        plan.notes.push(("Warning", "TooManyMissedTimes", format!(
+            "too many missed start times: {}. Set or decrease .spec.startingDeadlineSeconds or check clock skew",
+            missed.count
+        )));
+    }
+    let name = job_name(&cj.name_any(), scheduled);
+    let running = plan.status.active.clone().unwrap_or_default();
+    if running
+        .iter()
+        .any(|r| r.name.as_deref() == Some(name.as_str()))
+    {
+        // Created by a pass whose status write did not land.
+        let st = &mut plan.status;
+        if st
+            .last_schedule_time
+            .as_ref()
+            .is_none_or(|t| unix(t) < scheduled)
+        {
+            st.last_schedule_time = Some(time(scheduled));
+        }
+        return plan;
+    }
+    if let Some(sds) = spec.starting_deadline_seconds
+        && scheduled + sds < now
+    {
+        let message = format!(
+            "Missed scheduled time to start a job: {}",
+            tz.format_rfc3339(scheduled)
+        );
+        plan.notes.push(("Warning", "MissSchedule", message));
+        return plan;
+    }
+    match spec.concurrency_policy.as_deref().unwrap_or("Allow") {
+        // lastScheduleTime stays: the time may still run once the active Job finishes.
+        "Forbid" if !running.is_empty() => {
+            plan.notes.push(("Normal", "JobAlreadyActive", "Not starting job because prior execution is running and concurrency policy is Forbid".to_owned()));
+            return plan;
+        }
+        "Replace" => {
+            plan.replace = running;
+            plan.status.active = None;
+        }
+        _ => {}
+    }
+    plan.start = Some((scheduled, tz));
+    plan
+}
+
+/// The requeue for the next scheduled time `next` (Unix seconds), looking again at least
+/// every `recheck`.
+fn requeue(next: Option<i64>, now: std::time::SystemTime, recheck: Duration) -> Action {
+    let Some(next) = next else {
+        return Action::await_change();
+    };
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(next).unwrap_or(0));
+    // A little past the minute, so the next pass sees it arrived.
+    let wait = at
+        .duration_since(now)
+        .unwrap_or_default()
+        .saturating_add(Duration::from_millis(100));
+    Action::requeue(wait.min(recheck))
+}
+
 async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    // Observe: the CronJob as stored now (not the cache's copy) and its Jobs.
     let Some(cj) = cronjobs.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
@@ -180,8 +329,6 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let spec = cj.spec.clone().unwrap_or_default();
-    let clock = &ctx.config.clock;
-    let now = clock.unix_seconds();
     let mut jobs: Vec<Job> = jobs_api
         .list(&ListParams::default())
         .await?
@@ -190,215 +337,68 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
         .filter(|j| is_controlled_by(&j.metadata, &uid))
         .collect();
     let old = cj.status.clone().unwrap_or_default();
-    let mut st = old.clone();
-
-    // status.active follows the unfinished Jobs; lastSuccessfulTime the newest completion.
-    let mut active: Vec<ObjectReference> = Vec::new();
-    for j in &jobs {
-        match finished_condition(j) {
-            None => active.push(job_ref(j)),
-            Some(ty) => {
-                let was_active = old
-                    .active
-                    .as_deref()
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|r| r.uid == j.metadata.uid);
-                if was_active {
-                    ctx.event(
-                        &cj,
-                        "Normal",
-                        "SawCompletedJob",
-                        &format!("Saw completed job: {}, condition: {ty}", j.name_any()),
-                    )
-                    .await;
-                }
-                if ty == "Complete"
-                    && let Some(done) = j.status.as_ref().and_then(|s| s.completion_time.clone())
-                    && st
-                        .last_successful_time
-                        .as_ref()
-                        .is_none_or(|t| unix(t) < unix(&done))
-                {
-                    st.last_successful_time = Some(done);
-                }
-            }
-        }
+    let (st, notes) = track_jobs(&old, &jobs);
+    for (type_, reason, message) in &notes {
+        ctx.event(&cj, type_, reason, message).await;
     }
-    st.active = (!active.is_empty()).then_some(active);
-
     prune_history(&ctx, &cj, &jobs_api, &mut jobs, &spec).await?;
 
-    if spec.suspend == Some(true) {
-        write_status(&cronjobs, &cj, &old, &st).await?;
-        return Ok(Action::await_change());
+    // Decide, then execute.
+    let plan = plan(&cj, &spec, st, ctx.config.clock.unix_seconds());
+    for (type_, reason, message) in &plan.notes {
+        ctx.event(&cj, type_, reason, message).await;
     }
-    let schedule = match Schedule::parse(&spec.schedule) {
-        Ok(s) => s,
-        Err(err) => {
-            ctx.event(
-                &cj,
-                "Warning",
-                "InvalidSchedule",
-                &format!("invalid schedule: {}: {err}", spec.schedule),
-            )
-            .await;
-            write_status(&cronjobs, &cj, &old, &st).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    let tz = match TimeZone::parse(spec.time_zone.as_deref()) {
-        Ok(tz) => tz,
-        Err(err) => {
-            ctx.event(
-                &cj,
-                "Warning",
-                "UnknownTimeZone",
-                &format!("invalid timeZone: {:?}: {err}", spec.time_zone.as_deref()),
-            )
-            .await;
-            write_status(&cronjobs, &cj, &old, &st).await?;
-            return Ok(Action::await_change());
-        }
-    };
-
-    let created = cj.metadata.creation_timestamp.as_ref().map_or(now, unix);
-    let mut earliest = st.last_schedule_time.as_ref().map_or(created, unix);
-    if let Some(sds) = spec.starting_deadline_seconds {
-        earliest = earliest.max(now - sds);
-    }
-    let missed = missed_times(&schedule, tz, earliest, now);
-    let requeue = |next: Option<i64>| -> Action {
-        let Some(next) = next else {
-            return Action::await_change();
-        };
-        let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(next).unwrap_or(0));
-        // A little past the minute, so the next pass sees it arrived.
-        let wait = at
-            .duration_since(clock.now())
-            .unwrap_or_default()
-            .saturating_add(Duration::from_millis(100));
-        Action::requeue(wait.min(ctx.config.workload_recheck))
-    };
-    let Some(scheduled) = missed.most_recent else {
-        write_status(&cronjobs, &cj, &old, &st).await?;
-        return Ok(requeue(missed.next));
-    };
-    if missed.count > TOO_MANY_MISSED {
-        ctx.event(&cj,
-            "Warning",
-            "TooManyMissedTimes",
-            &format!(
-                "too many missed start times: {}. Set or decrease .spec.startingDeadlineSeconds or check clock skew",
-                missed.count
-            ),
-        )
-        .await;
-    }
-    let job_name = job_name(&name, scheduled);
-    let already = st
-        .active
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|r| r.name.as_deref() == Some(job_name.as_str()));
-    if already {
-        // Created by a pass whose status write did not land.
-        if st
-            .last_schedule_time
-            .as_ref()
-            .is_none_or(|t| unix(t) < scheduled)
-        {
-            st.last_schedule_time = Some(time(scheduled));
-        }
-        write_status(&cronjobs, &cj, &old, &st).await?;
-        return Ok(requeue(missed.next));
-    }
-    if let Some(sds) = spec.starting_deadline_seconds
-        && scheduled + sds < now
-    {
-        ctx.event(
-            &cj,
-            "Warning",
-            "MissSchedule",
-            &format!(
-                "Missed scheduled time to start a job: {}",
-                tz.format_rfc3339(scheduled)
-            ),
-        )
-        .await;
-        write_status(&cronjobs, &cj, &old, &st).await?;
-        return Ok(requeue(missed.next));
-    }
-    let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
-    let running = st.active.clone().unwrap_or_default();
-    if policy == "Forbid" && !running.is_empty() {
-        // lastScheduleTime stays: the time may still run once the active Job finishes.
-        debug!(cronjob = %key(&cj), "not starting a job: the previous one still runs (Forbid)");
-        ctx.event(
-            &cj,
-            "Normal",
-            "JobAlreadyActive",
-            "Not starting job because prior execution is running and concurrency policy is Forbid",
-        )
-        .await;
-        write_status(&cronjobs, &cj, &old, &st).await?;
-        return Ok(requeue(missed.next));
-    }
-    if policy == "Replace" {
-        for r in &running {
+    let mut st = plan.status.clone();
+    if let Some((scheduled, tz)) = plan.start {
+        for r in &plan.replace {
             let Some(jname) = r.name.as_deref() else {
                 continue;
             };
             delete_job(&jobs_api, jname, r.uid.clone()).await?;
-            ctx.event(
-                &cj,
-                "Normal",
-                "SuccessfulDelete",
-                &format!("Deleted job {jname}"),
-            )
-            .await;
+            let message = format!("Deleted job {jname}");
+            ctx.event(&cj, "Normal", "SuccessfulDelete", &message).await;
         }
-        st.active = None;
+        if let Some(j) = start_job(&ctx, &jobs_api, &cj, &uid, scheduled, tz).await?
+            && finished_condition(&j).is_none()
+        {
+            st.active.get_or_insert_with(Vec::new).push(job_ref(&j));
+        }
+        st.last_schedule_time = Some(time(scheduled));
     }
+    write_status(&cronjobs, &cj, &old, &st).await?;
+    let now = ctx.config.clock.now();
+    Ok(requeue(plan.next, now, ctx.config.workload_recheck))
+}
 
-    let job = new_job(&cj, &job_name, scheduled, tz)?;
-    let made = match jobs_api.create(&PostParams::default(), &job).await {
+/// Creates the Job for `scheduled`; the Job when it exists (also when an earlier pass
+/// created it and its status write did not land).
+async fn start_job(
+    ctx: &Context,
+    jobs_api: &Api<Job>,
+    cj: &CronJob,
+    uid: &str,
+    scheduled: i64,
+    tz: TimeZone,
+) -> Result<Option<Job>, Error> {
+    let job_name = job_name(&cj.name_any(), scheduled);
+    let job = new_job(cj, &job_name, scheduled, tz)?;
+    match jobs_api.create(&PostParams::default(), &job).await {
         Ok(j) => {
-            info!(cronjob = %key(&cj), job = %job_name, "job created for its scheduled time");
-            ctx.event(
-                &cj,
-                "Normal",
-                "SuccessfulCreate",
-                &format!("Created job {job_name}"),
-            )
-            .await;
-            Some(j)
+            info!(cronjob = %key(cj), job = %job_name, "job created for its scheduled time");
+            let message = format!("Created job {job_name}");
+            ctx.event(cj, "Normal", "SuccessfulCreate", &message).await;
+            Ok(Some(j))
         }
-        // Created by an earlier pass whose status write did not land.
-        Err(kube::Error::Api(e)) if e.code == 409 => jobs_api
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(jobs_api
             .get_opt(&job_name)
             .await?
-            .filter(|j| is_controlled_by(&j.metadata, &uid)),
+            .filter(|j| is_controlled_by(&j.metadata, uid))),
         Err(e) => {
-            ctx.event(
-                &cj,
-                "Warning",
-                "FailedCreate",
-                &format!("Error creating job: {e}"),
-            )
-            .await;
-            return Err(e.into());
+            let message = format!("Error creating job: {e}");
+            ctx.event(cj, "Warning", "FailedCreate", &message).await;
+            Err(e.into())
         }
-    };
-    if let Some(j) = made
-        && finished_condition(&j).is_none()
-    {
-        st.active.get_or_insert_with(Vec::new).push(job_ref(&j));
     }
-    st.last_schedule_time = Some(time(scheduled));
-    write_status(&cronjobs, &cj, &old, &st).await?;
-    Ok(requeue(missed.next))
 }
 
 /// The Job for the time `scheduled`: the template's metadata and spec, owned by the CronJob.
@@ -558,5 +558,178 @@ mod tests {
             job_name("nightly", t("2026-11-26T12:00:00Z")),
             "nightly-29928240"
         );
+    }
+    fn cronjob(spec: serde_json::Value, status: serde_json::Value) -> CronJob {
+        let mut spec = spec;
+        spec["jobTemplate"] =
+            serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}});
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cj", "namespace": "default", "uid": "u1",
+                "creationTimestamp": "2026-11-26T11:00:00Z"},
+            "spec": spec,
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn active(name: &str) -> serde_json::Value {
+        serde_json::json!({"active": [{"name": name, "uid": format!("{name}-uid")}]})
+    }
+
+    /// Name, spec, status, the time a Job starts for, Jobs replaced, events' reasons.
+    type Case = (
+        &'static str,
+        serde_json::Value,
+        serde_json::Value,
+        Option<i64>,
+        usize,
+        Vec<&'static str>,
+    );
+
+    #[test]
+    fn plans_start_skip_or_replace_jobs_as_the_spec_says() {
+        let now = t("2026-11-26T12:03:10Z");
+        let at = |s| t(s);
+        let due = job_name("cj", at("2026-11-26T12:03:00Z"));
+        let cases: Vec<Case> = vec![
+            (
+                "a due time starts a job",
+                serde_json::json!({"schedule": "* * * * *"}),
+                serde_json::json!({}),
+                Some(at("2026-11-26T12:03:00Z")),
+                0,
+                vec![],
+            ),
+            (
+                "too many missed times are reported, the latest runs",
+                serde_json::json!({"schedule": "* * * * *"}),
+                serde_json::json!({"lastScheduleTime": "2026-11-26T09:00:00Z"}),
+                Some(at("2026-11-26T12:03:00Z")),
+                0,
+                vec!["TooManyMissedTimes"],
+            ),
+            (
+                "suspended: nothing",
+                serde_json::json!({"schedule": "* * * * *", "suspend": true}),
+                serde_json::json!({}),
+                None,
+                0,
+                vec![],
+            ),
+            (
+                "an invalid schedule is reported",
+                serde_json::json!({"schedule": "61 * * * *"}),
+                serde_json::json!({}),
+                None,
+                0,
+                vec!["InvalidSchedule"],
+            ),
+            (
+                "an unknown time zone is reported",
+                serde_json::json!({"schedule": "* * * * *", "timeZone": "Mars/Olympus"}),
+                serde_json::json!({}),
+                None,
+                0,
+                vec!["UnknownTimeZone"],
+            ),
+            (
+                "nothing due since the last time",
+                serde_json::json!({"schedule": "* * * * *"}),
+                serde_json::json!({"lastScheduleTime": "2026-11-26T12:03:00Z"}),
+                None,
+                0,
+                vec![],
+            ),
+            (
+                "a job for the time already runs",
+                serde_json::json!({"schedule": "* * * * *"}),
+                active(&due),
+                None,
+                0,
+                vec![],
+            ),
+            (
+                "Forbid waits for the running job",
+                serde_json::json!({"schedule": "* * * * *", "concurrencyPolicy": "Forbid",
+                "startingDeadlineSeconds": 30}),
+                active("old"),
+                None,
+                0,
+                vec!["JobAlreadyActive"],
+            ),
+            (
+                "Replace deletes the running job",
+                serde_json::json!({"schedule": "* * * * *", "concurrencyPolicy": "Replace",
+                "startingDeadlineSeconds": 30}),
+                active("old"),
+                Some(at("2026-11-26T12:03:00Z")),
+                1,
+                vec![],
+            ),
+            (
+                "Allow runs them side by side",
+                serde_json::json!({"schedule": "* * * * *", "startingDeadlineSeconds": 30}),
+                active("old"),
+                Some(at("2026-11-26T12:03:00Z")),
+                0,
+                vec![],
+            ),
+        ];
+        for (name, spec, status, started, replaced, reasons) in cases {
+            let cj = cronjob(spec, status);
+            let spec = cj.spec.clone().unwrap();
+            let p = plan(&cj, &spec, cj.status.clone().unwrap_or_default(), now);
+            assert_eq!(p.start.map(|(s, _)| s), started, "{name}: start");
+            assert_eq!(p.replace.len(), replaced, "{name}: replaced");
+            assert_eq!(
+                p.notes.iter().map(|n| n.1).collect::<Vec<_>>(),
+                reasons,
+                "{name}: events"
+            );
+            if replaced > 0 {
+                assert_eq!(p.status.active, None, "{name}: replaced jobs leave active");
+            }
+        }
+    }
+
+    #[test]
+    fn tracking_follows_unfinished_jobs_and_reports_completions() {
+        let job = |name: &str, done: Option<&str>| -> Job {
+            let mut j =
+                serde_json::json!({"metadata": {"name": name, "uid": format!("{name}-uid")}});
+            if let Some(at) = done {
+                j["status"] = serde_json::json!({"completionTime": at,
+                    "conditions": [{"type": "Complete", "status": "True"}]});
+            }
+            serde_json::from_value(j).unwrap()
+        };
+        let old: CronJobStatus = serde_json::from_value(active("a")).unwrap();
+        let jobs = [job("a", Some("2026-11-26T12:01:00Z")), job("b", None)];
+        let (st, notes) = track_jobs(&old, &jobs);
+        let names: Vec<_> = st
+            .active
+            .unwrap()
+            .iter()
+            .map(|r| r.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(
+            st.last_successful_time.map(|t| unix(&t)),
+            Some(t("2026-11-26T12:01:00Z"))
+        );
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].1, "SawCompletedJob");
+    }
+
+    #[test]
+    fn requeues_a_little_after_the_next_time_within_the_recheck() {
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        let recheck = Duration::from_secs(30);
+        assert_eq!(requeue(None, now, recheck), Action::await_change());
+        assert_eq!(
+            requeue(Some(110), now, recheck),
+            Action::requeue(Duration::from_millis(10_100))
+        );
+        assert_eq!(requeue(Some(1000), now, recheck), Action::requeue(recheck));
     }
 }

@@ -5,15 +5,17 @@
 //! roll out node by node within `maxUnavailable` / `maxSurge` (or wait for deletions with
 //! `OnDelete`); every template is kept as a ControllerRevision (see [`crate::revision`]).
 //!
-//! Pods are listed from the API server on every pass (no informer cache), so a pass always
-//! sees the effect of the previous one and no "expectations" bookkeeping is needed.
+//! Pods are listed from the API server on every pass (the shared pod informer only triggers
+//! passes), so a pass always sees the effect of the previous one and no "expectations"
+//! bookkeeping is needed. A pass observes (revision, pods, nodes), decides with the pure
+//! `plan`, then executes the plan.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, PodTemplateSpec, Taint, Toleration,
@@ -21,12 +23,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::info;
 
+use crate::informers::Informers;
+use crate::queue;
 use crate::revision::{self, REVISION_HASH_LABEL, RevisionOwner};
 use crate::workload::{Requeue, create_pods, delete_pods, phase};
 use crate::{Config, Error, workload};
@@ -45,55 +49,42 @@ struct Context {
 }
 
 /// Runs the DaemonSet controller until the returned future is dropped.
-pub async fn run(client: Client, config: Arc<Config>) {
-    let (nodes, writer) = reflector::store::<Node>();
-    let node_changes = node_changes(reflector::reflector(
-        writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    ));
+pub async fn run(client: Client, config: Arc<Config>, inf: &Informers) {
+    let node_changes = node_changes(inf.nodes.events());
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        nodes,
+        nodes: inf.nodes.store(),
     });
-    Controller::new(
-        Api::<DaemonSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .reconcile_all_on(node_changes)
-    .with_config(controller::Config::default().debounce(DEBOUNCE))
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(err) = res {
-            debug!(%err, "daemonset reconcile");
-        }
-    })
-    .await;
+    let controller = Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
+        .owns_shared_stream(inf.pods.objects())
+        .reconcile_all_on(node_changes)
+        .with_config(controller::Config::default().debounce(DEBOUNCE));
+    queue::run_controller("daemonset", controller, reconcile, ctx).await;
 }
 
 /// Node events that can change where daemons run: a node added or removed, or its labels or
 /// taints changed (heartbeats and status updates are dropped).
 fn node_changes(
-    events: impl futures::Stream<Item = Result<watcher::Event<Node>, watcher::Error>> + Send + 'static,
+    events: impl futures::Stream<Item = watcher::Event<Arc<Node>>> + Send + 'static,
 ) -> impl futures::Stream<Item = ()> + Send + 'static {
     let mut seen: HashMap<String, String> = HashMap::new();
     events.filter_map(move |ev| {
         let fire = match ev {
-            Ok(watcher::Event::Apply(n)) => {
+            watcher::Event::Apply(n) => {
                 let print = fingerprint(&n);
                 seen.insert(n.name_any(), print.clone()) != Some(print)
             }
-            Ok(watcher::Event::InitApply(n)) => {
+            watcher::Event::InitApply(n) => {
                 seen.insert(n.name_any(), fingerprint(&n));
                 false
             }
-            Ok(watcher::Event::Delete(n)) => {
+            watcher::Event::Delete(n) => {
                 seen.remove(&n.name_any());
                 true
             }
-            Ok(watcher::Event::InitDone) => true,
-            Ok(watcher::Event::Init) | Err(_) => false,
+            watcher::Event::InitDone => true,
+            watcher::Event::Init => false,
         };
         futures::future::ready(fire.then_some(()))
     })
@@ -102,11 +93,6 @@ fn node_changes(
 fn fingerprint(n: &Node) -> String {
     let taints = n.spec.as_ref().and_then(|s| s.taints.as_ref());
     json!([n.labels(), taints]).to_string()
-}
-
-fn error_policy(ds: Arc<DaemonSet>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(daemonset = %ds.name_any(), %err, "daemonset sync failed; retrying");
-    Action::requeue(Duration::from_secs(1))
 }
 
 /// `value` scaled against `total` (percentages round up), or `default` when unset or invalid.
@@ -334,6 +320,63 @@ struct NodePods {
     finished: Vec<Pod>,
 }
 
+/// What a pass observed of one DaemonSet: the input of [`plan`].
+struct Observed<'a> {
+    ds: &'a DaemonSet,
+    spec: &'a DaemonSetSpec,
+    /// The current revision's hash, and the collision count it needed.
+    hash: &'a str,
+    collisions: i32,
+    /// The set's pods.
+    pods: Vec<Pod>,
+    /// Every node, by name.
+    nodes: BTreeMap<String, Arc<Node>>,
+    /// The controllers' clock, in Unix seconds.
+    now: i64,
+}
+
+impl Observed<'_> {
+    fn is_new(&self, p: &Pod) -> bool {
+        p.labels().get(REVISION_HASH_LABEL).map(String::as_str) == Some(self.hash)
+    }
+
+    fn rolling(&self) -> bool {
+        self.spec
+            .update_strategy
+            .as_ref()
+            .is_none_or(|s| s.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate")
+    }
+
+    fn available(&self, p: &Pod) -> bool {
+        workload::is_pod_available(p, self.spec.min_ready_seconds.unwrap_or(0), self.now)
+    }
+}
+
+/// What a pass does, decided by [`plan`] from what it observed.
+#[derive(Debug)]
+struct Plan {
+    /// Nodes to create a daemon pod on.
+    create: Vec<String>,
+    /// Pods to delete.
+    delete: Vec<Pod>,
+    /// The status to write (unless it is already the set's).
+    status: DaemonSetStatus,
+    /// The revision hashes pods still run, which history pruning keeps.
+    live_hashes: BTreeSet<String>,
+    /// When to look again (a pod about to become available).
+    requeue: Requeue,
+}
+
+/// Where daemons must run and which pods must go, before any rolling update.
+#[derive(Debug, Default)]
+struct Placement {
+    create: Vec<String>,
+    delete: Vec<Pod>,
+    /// Nodes that should run a daemon.
+    eligible: BTreeSet<String>,
+    misscheduled: i32,
+}
+
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -354,11 +397,8 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     };
     let owner = RevisionOwner::of(ds.as_ref())?;
     let template = &spec.template;
-    let pod_spec = template.spec.clone().unwrap_or_default();
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let now = ctx.config.clock.unix_seconds();
 
-    // Revisions: the current template's, and the collision count it needed.
+    // Observe: the current template's revision, the set's pods and the nodes.
     let mut revisions = revision::list(client, &owner, &selector).await?;
     let mut collisions = ds
         .status
@@ -372,8 +412,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         .get(REVISION_HASH_LABEL)
         .cloned()
         .unwrap_or_else(|| revision::hash_template(template, Some(collisions)));
-
-    // Pods by node.
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels_from(&selector))
@@ -382,209 +420,40 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         .into_iter()
         .filter(|p| owner.controls(&p.metadata))
         .collect();
-    let mut by_node: BTreeMap<String, NodePods> = BTreeMap::new();
-    // Our pods that name no node cannot be placed: replace them.
-    let mut unplaced = Vec::new();
-    for p in pods {
-        let Some(node) = pod_node(&p) else {
-            unplaced.push(p);
-            continue;
-        };
-        let e = by_node.entry(node).or_default();
-        if p.metadata.deletion_timestamp.is_some() {
-            e.terminating += 1;
-        } else if matches!(phase(&p), "Failed" | "Succeeded") {
-            e.finished.push(p);
-        } else {
-            e.active.push(p);
-        }
-    }
-    let nodes: BTreeMap<String, Arc<Node>> = ctx
+    let nodes = ctx
         .nodes
         .state()
         .into_iter()
         .map(|n| (n.name_any(), n))
         .collect();
+    let observed = Observed {
+        ds: &ds,
+        spec,
+        hash: &hash,
+        collisions,
+        pods,
+        nodes,
+        now: ctx.config.clock.unix_seconds(),
+    };
 
-    let strategy = spec.update_strategy.as_ref();
-    let rolling =
-        strategy.is_none_or(|s| s.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate");
-    let is_new = |p: &Pod| p.labels().get(REVISION_HASH_LABEL) == Some(&hash);
+    let plan = plan(&observed);
 
-    let mut create: Vec<String> = Vec::new();
-    let mut delete: Vec<Pod> = unplaced;
-    let mut eligible: BTreeSet<String> = BTreeSet::new();
-    let (mut desired, mut misscheduled) = (0, 0);
-    for (node_name, node) in &nodes {
-        let (run, keep) = should_run(&pod_spec, node);
-        let entry = by_node.get(node_name);
-        let has_pods = entry.is_some_and(|e| !e.active.is_empty() || e.terminating > 0);
-        if run {
-            desired += 1;
-            eligible.insert(node_name.clone());
-        } else if entry.is_some_and(|e| !e.active.is_empty()) {
-            misscheduled += 1;
-        }
-        if let Some(e) = entry {
-            delete.extend(e.finished.iter().cloned());
-        }
-        if run && !has_pods {
-            create.push(node_name.clone());
-        }
-        if let Some(e) = entry {
-            if !keep {
-                delete.extend(e.active.iter().cloned());
-            } else if e.active.len() > 1 {
-                // Keep one pod: during a surge the old and the new, otherwise the oldest.
-                let surging = rolling
-                    && e.active.len() == 2
-                    && e.active.iter().any(&is_new)
-                    && e.active.iter().any(|p| !is_new(p));
-                if !surging {
-                    let mut active = e.active.clone();
-                    active.sort_by_key(|p| {
-                        (
-                            !is_new(p),
-                            p.metadata.creation_timestamp.clone().map(|t| t.0),
-                        )
-                    });
-                    delete.extend(active.into_iter().skip(1));
-                }
-            }
-        }
-    }
-    // Pods on nodes that are gone.
-    for (node_name, e) in &by_node {
-        if !nodes.contains_key(node_name) {
-            delete.extend(e.active.iter().cloned());
-            delete.extend(e.finished.iter().cloned());
-        }
-    }
-
-    // Rolling update over the eligible nodes that keep their pods.
-    let mut requeue = Requeue::default();
-    if rolling && create.is_empty() && delete.is_empty() {
-        let ru = strategy.and_then(|s| s.rolling_update.as_ref());
-        let mut max_surge = scaled(ru.and_then(|r| r.max_surge.as_ref()), desired, 0);
-        let mut max_unavailable = scaled(ru.and_then(|r| r.max_unavailable.as_ref()), desired, 1);
-        if max_surge <= 0 && max_unavailable <= 0 {
-            max_unavailable = 1;
-        }
-        if max_surge > 0 {
-            max_unavailable = 0;
-        } else {
-            max_surge = 0;
-        }
-        let available = |p: &Pod| workload::is_pod_available(p, min_ready, now);
-        let mut unavailable = 0;
-        let mut surging = 0;
-        let mut old_available: Vec<Pod> = Vec::new();
-        let mut surge_candidates: Vec<String> = Vec::new();
-        for node_name in &eligible {
-            let Some(e) = by_node.get(node_name) else {
-                unavailable += 1;
-                continue;
-            };
-            if e.active.is_empty() {
-                unavailable += 1;
-                continue;
-            }
-            let new = e.active.iter().find(|p| is_new(p));
-            let old = e.active.iter().find(|p| !is_new(p));
-            for p in &e.active {
-                requeue.pod(p, min_ready, now);
-            }
-            match (old, new) {
-                (None, Some(n)) => {
-                    if !available(n) {
-                        unavailable += 1;
-                    }
-                }
-                (Some(o), None) => {
-                    if !available(o) {
-                        // An old pod that is not serving anyway goes at once.
-                        unavailable += 1;
-                        delete.push(o.clone());
-                    } else if max_surge > 0 {
-                        surge_candidates.push(node_name.clone());
-                    } else {
-                        old_available.push(o.clone());
-                    }
-                }
-                (Some(o), Some(n)) => {
-                    surging += 1;
-                    if available(n) {
-                        delete.push(o.clone());
-                    } else if !available(o) {
-                        unavailable += 1;
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        if max_surge > 0 {
-            let room = usize::try_from((max_surge - surging).max(0)).unwrap_or(0);
-            create.extend(surge_candidates.into_iter().take(room));
-        } else {
-            let room = usize::try_from((max_unavailable - unavailable).max(0)).unwrap_or(0);
-            delete.extend(old_available.into_iter().take(room));
-        }
-    }
-
-    // Act.
-    let new_pods: Vec<Pod> = create
+    // Execute.
+    let new_pods: Vec<Pod> = plan
+        .create
         .iter()
         .map(|node| new_pod(&ds, &owner, template, &hash, node))
         .collect();
     create_pods(&pods_api, new_pods).await?;
-    delete_pods(&pods_api, delete.clone()).await?;
-    if !create.is_empty() || !delete.is_empty() {
-        info!(daemonset = %format!("{ns}/{name}"), created = create.len(), deleted = delete.len(), "daemon pods synced");
+    delete_pods(&pods_api, plan.delete.clone()).await?;
+    if !plan.create.is_empty() || !plan.delete.is_empty() {
+        info!(daemonset = %format!("{ns}/{name}"), created = plan.create.len(), deleted = plan.delete.len(), "daemon pods synced");
     }
-
-    // Status, from what this pass found (the next pass corrects it after changes).
-    let mut current_scheduled = 0;
-    let (mut ready, mut available, mut updated) = (0, 0, 0);
-    for node_name in &eligible {
-        let Some(e) = by_node.get(node_name).filter(|e| !e.active.is_empty()) else {
-            continue;
-        };
-        current_scheduled += 1;
-        let pick = e.active.iter().find(|p| is_new(p)).unwrap_or(&e.active[0]);
-        if is_new(pick) {
-            updated += 1;
-        }
-        if workload::is_pod_ready(pick) {
-            ready += 1;
-            if workload::is_pod_available(pick, min_ready, now) {
-                available += 1;
-            }
-        }
-    }
-    let status = DaemonSetStatus {
-        collision_count: (collisions > 0).then_some(collisions),
-        conditions: ds.status.as_ref().and_then(|s| s.conditions.clone()),
-        current_number_scheduled: current_scheduled,
-        desired_number_scheduled: desired,
-        number_available: Some(available),
-        number_misscheduled: misscheduled,
-        number_ready: ready,
-        number_unavailable: Some(desired - available),
-        observed_generation: ds.metadata.generation,
-        updated_number_scheduled: Some(updated),
-    };
-    workload::patch_status_if_changed(client, ds.as_ref(), ds.status.as_ref(), &status).await?;
-
-    // History.
+    workload::patch_status_if_changed(client, ds.as_ref(), ds.status.as_ref(), &plan.status)
+        .await?;
     let mut live: HashSet<String> = HashSet::new();
     live.insert(current.name_any());
-    for e in by_node.values() {
-        for p in &e.active {
-            if let Some(h) = p.labels().get(REVISION_HASH_LABEL) {
-                live.insert(format!("{name}-{h}"));
-            }
-        }
-    }
+    live.extend(plan.live_hashes.iter().map(|h| format!("{name}-{h}")));
     revision::prune(
         client,
         &ns,
@@ -593,7 +462,217 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         spec.revision_history_limit.unwrap_or(10),
     )
     .await?;
-    Ok(requeue.action())
+    Ok(plan.requeue.action())
+}
+
+/// Decides a pass: which nodes get a pod, which pods go, and the status, from what the pass
+/// observed (no IO).
+fn plan(o: &Observed<'_>) -> Plan {
+    let (by_node, unplaced) = group_by_node(&o.pods);
+    let mut placement = place(o, &by_node);
+    // Our pods that name no node cannot be placed: replace them.
+    placement.delete.extend(unplaced);
+    let desired = count(placement.eligible.len());
+    let mut requeue = Requeue::default();
+    if o.rolling() && placement.create.is_empty() && placement.delete.is_empty() {
+        roll(o, &by_node, &mut placement, desired, &mut requeue);
+    }
+    let status = status(o, &by_node, &placement, desired);
+    let live_hashes = by_node
+        .values()
+        .flat_map(|e| &e.active)
+        .filter_map(|p| p.labels().get(REVISION_HASH_LABEL).cloned())
+        .collect();
+    Plan {
+        create: placement.create,
+        delete: placement.delete,
+        status,
+        live_hashes,
+        requeue,
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The set's pods by the node they are on, and those that name no node.
+fn group_by_node(pods: &[Pod]) -> (BTreeMap<String, NodePods>, Vec<Pod>) {
+    let mut by_node: BTreeMap<String, NodePods> = BTreeMap::new();
+    let mut unplaced = Vec::new();
+    for p in pods {
+        let Some(node) = pod_node(p) else {
+            unplaced.push(p.clone());
+            continue;
+        };
+        let e = by_node.entry(node).or_default();
+        if p.metadata.deletion_timestamp.is_some() {
+            e.terminating += 1;
+        } else if matches!(phase(p), "Failed" | "Succeeded") {
+            e.finished.push(p.clone());
+        } else {
+            e.active.push(p.clone());
+        }
+    }
+    (by_node, unplaced)
+}
+
+/// Which nodes need a pod and which pods must go: finished pods, pods on nodes that are gone
+/// or that no longer keep them, and duplicates.
+fn place(o: &Observed<'_>, by_node: &BTreeMap<String, NodePods>) -> Placement {
+    let pod_spec = o.spec.template.spec.clone().unwrap_or_default();
+    let mut p = Placement::default();
+    for (node_name, node) in &o.nodes {
+        let (run, keep) = should_run(&pod_spec, node);
+        let entry = by_node.get(node_name);
+        let has_pods = entry.is_some_and(|e| !e.active.is_empty() || e.terminating > 0);
+        if run {
+            p.eligible.insert(node_name.clone());
+        } else if entry.is_some_and(|e| !e.active.is_empty()) {
+            p.misscheduled += 1;
+        }
+        if run && !has_pods {
+            p.create.push(node_name.clone());
+        }
+        let Some(e) = entry else { continue };
+        p.delete.extend(e.finished.iter().cloned());
+        if !keep {
+            p.delete.extend(e.active.iter().cloned());
+        } else if e.active.len() > 1 {
+            // Keep one pod: during a surge the old and the new, otherwise the newest
+            // revision's oldest.
+            let surging = o.rolling()
+                && e.active.len() == 2
+                && e.active.iter().any(|p| o.is_new(p))
+                && e.active.iter().any(|p| !o.is_new(p));
+            if !surging {
+                let mut active = e.active.clone();
+                active.sort_by_key(|p| {
+                    (
+                        !o.is_new(p),
+                        p.metadata.creation_timestamp.clone().map(|t| t.0),
+                    )
+                });
+                p.delete.extend(active.into_iter().skip(1));
+            }
+        }
+    }
+    // Pods on nodes that are gone.
+    for (node_name, e) in by_node {
+        if !o.nodes.contains_key(node_name) {
+            p.delete.extend(e.active.iter().cloned());
+            p.delete.extend(e.finished.iter().cloned());
+        }
+    }
+    p
+}
+
+/// The rolling update over the eligible nodes: old pods replaced within `maxUnavailable`, or
+/// new ones surged next to them within `maxSurge`.
+fn roll(
+    o: &Observed<'_>,
+    by_node: &BTreeMap<String, NodePods>,
+    p: &mut Placement,
+    desired: i32,
+    requeue: &mut Requeue,
+) {
+    let ru = o
+        .spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let mut max_surge = scaled(ru.and_then(|r| r.max_surge.as_ref()), desired, 0);
+    let mut max_unavailable = scaled(ru.and_then(|r| r.max_unavailable.as_ref()), desired, 1);
+    if max_surge <= 0 && max_unavailable <= 0 {
+        max_unavailable = 1;
+    }
+    if max_surge > 0 {
+        max_unavailable = 0;
+    } else {
+        max_surge = 0;
+    }
+    let min_ready = o.spec.min_ready_seconds.unwrap_or(0);
+    let (mut unavailable, mut surging) = (0, 0);
+    let mut old_available: Vec<Pod> = Vec::new();
+    let mut surge_candidates: Vec<String> = Vec::new();
+    for node_name in &p.eligible {
+        let Some(e) = by_node.get(node_name).filter(|e| !e.active.is_empty()) else {
+            unavailable += 1;
+            continue;
+        };
+        for pod in &e.active {
+            requeue.pod(pod, min_ready, o.now);
+        }
+        let new = e.active.iter().find(|p| o.is_new(p));
+        let old = e.active.iter().find(|p| !o.is_new(p));
+        match (old, new) {
+            (None, Some(n)) if !o.available(n) => unavailable += 1,
+            (None, _) => {}
+            // An old pod that is not serving anyway goes at once.
+            (Some(old), None) if !o.available(old) => {
+                unavailable += 1;
+                p.delete.push(old.clone());
+            }
+            (Some(_), None) if max_surge > 0 => surge_candidates.push(node_name.clone()),
+            (Some(old), None) => old_available.push(old.clone()),
+            (Some(old), Some(n)) => {
+                surging += 1;
+                if o.available(n) {
+                    p.delete.push(old.clone());
+                } else if !o.available(old) {
+                    unavailable += 1;
+                }
+            }
+        }
+    }
+    if max_surge > 0 {
+        let room = usize::try_from((max_surge - surging).max(0)).unwrap_or(0);
+        p.create.extend(surge_candidates.into_iter().take(room));
+    } else {
+        let room = usize::try_from((max_unavailable - unavailable).max(0)).unwrap_or(0);
+        p.delete.extend(old_available.into_iter().take(room));
+    }
+}
+
+/// The status, from what this pass found (the next pass corrects it after changes).
+fn status(
+    o: &Observed<'_>,
+    by_node: &BTreeMap<String, NodePods>,
+    p: &Placement,
+    desired: i32,
+) -> DaemonSetStatus {
+    let (mut scheduled, mut ready, mut available, mut updated) = (0, 0, 0, 0);
+    for node_name in &p.eligible {
+        let Some(e) = by_node.get(node_name) else {
+            continue;
+        };
+        let Some(first) = e.active.first() else {
+            continue;
+        };
+        scheduled += 1;
+        let pick = e.active.iter().find(|p| o.is_new(p)).unwrap_or(first);
+        if o.is_new(pick) {
+            updated += 1;
+        }
+        if workload::is_pod_ready(pick) {
+            ready += 1;
+            if o.available(pick) {
+                available += 1;
+            }
+        }
+    }
+    DaemonSetStatus {
+        collision_count: (o.collisions > 0).then_some(o.collisions),
+        conditions: o.ds.status.as_ref().and_then(|s| s.conditions.clone()),
+        current_number_scheduled: scheduled,
+        desired_number_scheduled: desired,
+        number_available: Some(available),
+        number_misscheduled: p.misscheduled,
+        number_ready: ready,
+        number_unavailable: Some(desired - available),
+        observed_generation: o.ds.metadata.generation,
+        updated_number_scheduled: Some(updated),
+    }
 }
 
 #[cfg(test)]
@@ -660,6 +739,189 @@ mod tests {
         );
         assert!(!should_run(&spec(json!({})), &net).0);
         assert!(should_run(&spec(json!({"hostNetwork": true})), &net).0);
+    }
+
+    fn ds(strategy: serde_json::Value) -> DaemonSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "d", "namespace": "default", "generation": 2},
+            "spec": {
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c"}]}},
+                "updateStrategy": strategy,
+            },
+        }))
+        .unwrap()
+    }
+
+    fn named_node(name: &str, taints: serde_json::Value) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"taints": taints}}))
+                .unwrap(),
+        )
+    }
+
+    /// A daemon pod on `node` of revision `hash`; `ready` makes it Ready (and available).
+    fn daemon(name: &str, node: &str, hash: &str, phase: &str, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "d", REVISION_HASH_LABEL: hash}},
+            "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .unwrap()
+    }
+
+    struct Case {
+        name: &'static str,
+        strategy: serde_json::Value,
+        nodes: Vec<Arc<Node>>,
+        pods: Vec<Pod>,
+        create: &'static [&'static str],
+        delete: &'static [&'static str],
+        /// desired, scheduled, misscheduled, ready, updated
+        counts: (i32, i32, i32, i32, i32),
+    }
+
+    #[test]
+    fn plans_follow_nodes_pods_and_the_update_strategy() {
+        let rolling = |surge: i32, unavailable: i32| json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}});
+        let n = |name| named_node(name, json!([]));
+        let cases = [
+            Case {
+                name: "a pod per eligible node",
+                strategy: rolling(0, 1),
+                nodes: vec![n("n1"), n("n2")],
+                pods: vec![daemon("p1", "n1", "new", "Running", true)],
+                create: &["n2"],
+                delete: &[],
+                counts: (2, 1, 0, 1, 1),
+            },
+            Case {
+                name: "pods on gone nodes, without a node and finished are deleted",
+                strategy: rolling(0, 1),
+                nodes: vec![n("n1")],
+                pods: vec![
+                    daemon("gone", "n9", "new", "Running", true),
+                    daemon("done", "n1", "new", "Succeeded", false),
+                    daemon("nowhere", "", "new", "Pending", false),
+                ],
+                create: &["n1"],
+                delete: &["done", "gone", "nowhere"],
+                counts: (1, 0, 0, 0, 0),
+            },
+            Case {
+                name: "an untolerated NoExecute taint evicts the daemon",
+                strategy: rolling(0, 1),
+                nodes: vec![named_node(
+                    "n1",
+                    json!([{"key": "k", "effect": "NoExecute"}]),
+                )],
+                pods: vec![daemon("p1", "n1", "new", "Running", true)],
+                create: &[],
+                delete: &["p1"],
+                counts: (0, 0, 1, 0, 0),
+            },
+            Case {
+                name: "duplicates keep the newest revision",
+                strategy: json!({"type": "OnDelete"}),
+                nodes: vec![n("n1")],
+                pods: vec![
+                    daemon("old", "n1", "old", "Running", true),
+                    daemon("new", "n1", "new", "Running", true),
+                ],
+                create: &[],
+                delete: &["old"],
+                counts: (1, 1, 0, 1, 1),
+            },
+            Case {
+                name: "maxUnavailable replaces that many available old pods",
+                strategy: rolling(0, 1),
+                nodes: vec![n("n1"), n("n2")],
+                pods: vec![
+                    daemon("a", "n1", "old", "Running", true),
+                    daemon("b", "n2", "old", "Running", true),
+                ],
+                create: &[],
+                delete: &["a"],
+                counts: (2, 2, 0, 2, 0),
+            },
+            Case {
+                name: "an unavailable old pod goes at once and uses the budget",
+                strategy: rolling(0, 1),
+                nodes: vec![n("n1"), n("n2")],
+                pods: vec![
+                    daemon("a", "n1", "old", "Running", true),
+                    daemon("b", "n2", "old", "Running", false),
+                ],
+                create: &[],
+                delete: &["b"],
+                counts: (2, 2, 0, 1, 0),
+            },
+            Case {
+                name: "maxSurge starts new pods next to old ones",
+                strategy: rolling(1, 0),
+                nodes: vec![n("n1"), n("n2")],
+                pods: vec![
+                    daemon("a", "n1", "old", "Running", true),
+                    daemon("b", "n2", "old", "Running", true),
+                ],
+                create: &["n1"],
+                delete: &[],
+                counts: (2, 2, 0, 2, 0),
+            },
+            Case {
+                name: "a surged pod that is available retires the old one",
+                strategy: rolling(1, 0),
+                nodes: vec![n("n1")],
+                pods: vec![
+                    daemon("a", "n1", "old", "Running", true),
+                    daemon("a2", "n1", "new", "Running", true),
+                ],
+                create: &[],
+                delete: &["a"],
+                counts: (1, 1, 0, 1, 1),
+            },
+            Case {
+                name: "OnDelete leaves old pods alone",
+                strategy: json!({"type": "OnDelete"}),
+                nodes: vec![n("n1")],
+                pods: vec![daemon("a", "n1", "old", "Running", true)],
+                create: &[],
+                delete: &[],
+                counts: (1, 1, 0, 1, 0),
+            },
+        ];
+        for c in cases {
+            let ds = ds(c.strategy);
+            let o = Observed {
+                ds: &ds,
+                spec: ds.spec.as_ref().unwrap(),
+                hash: "new",
+                collisions: 0,
+                pods: c.pods,
+                nodes: c.nodes.into_iter().map(|n| (n.name_any(), n)).collect(),
+                now: 1_767_225_600 + 60,
+            };
+            let p = plan(&o);
+            let mut deleted: Vec<String> = p.delete.iter().map(|p| p.name_any()).collect();
+            deleted.sort();
+            assert_eq!(p.create, c.create, "{}: create", c.name);
+            assert_eq!(deleted, c.delete, "{}: delete", c.name);
+            let s = &p.status;
+            assert_eq!(
+                (
+                    s.desired_number_scheduled,
+                    s.current_number_scheduled,
+                    s.number_misscheduled,
+                    s.number_ready,
+                    s.updated_number_scheduled.unwrap_or(0)
+                ),
+                c.counts,
+                "{}: status",
+                c.name
+            );
+            assert_eq!(s.observed_generation, Some(2), "{}", c.name);
+        }
     }
 
     #[test]

@@ -5,13 +5,12 @@
 //! upstream). Services without a selector are left to whoever manages their Endpoints.
 //!
 //! Also home of [`drive`], the watch-and-queue loop this controller and the EndpointSlice
-//! controller share: Services and pods are watched into caches, and a pod event queues only
-//! the Services whose selector matched its old or new labels.
+//! controller share: Services and pods come from the process's shared informers, and a pod
+//! event queues only the Services whose selector matched its old or new labels.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
@@ -22,13 +21,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Error;
+use crate::informers::Informers;
+use crate::queue::{self, WorkQueue};
 
 /// Upstream's label marking the Endpoints/EndpointSlices of a headless Service.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -41,10 +42,6 @@ pub const OVER_CAPACITY_ANNOTATION: &str = "endpoints.kubernetes.io/over-capacit
 
 /// A Service's namespace and name.
 pub type ServiceKey = (String, String);
-
-/// First and longest wait before a failed sync is retried.
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What one controller built on [`drive`] does for a Service.
 pub(crate) trait ServiceSync: Send + Sync + 'static {
@@ -70,41 +67,23 @@ pub(crate) trait ServiceSync: Send + Sync + 'static {
 }
 
 enum Event {
-    Service(Box<watcher::Event<Service>>),
-    Pod(Box<watcher::Event<Pod>>),
+    Service(watcher::Event<Arc<Service>>),
+    Pod(watcher::Event<Arc<Pod>>),
     Own(ServiceKey),
 }
 
-/// Runs `sync` for every Service whenever the Service or the pods it selects change.
-pub(crate) async fn drive<S: ServiceSync>(client: Client, sync: S) {
-    let (services, svc_writer) = reflector::store::<Service>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let svc_events = reflector::reflector(
-        svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .filter_map(|e| async move { e.ok().map(|e| Event::Service(Box::new(e))) })
-    .boxed();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .filter_map(|e| async move { e.ok().map(|e| Event::Pod(Box::new(e))) })
-    .boxed();
+/// Runs `sync` for every Service whenever the Service or the pods it selects change, over
+/// the shared Service and Pod informers.
+pub(crate) async fn drive<S: ServiceSync>(inf: &Informers, sync: S) {
+    let svc_events = inf.services.events().map(Event::Service).boxed();
+    let pod_events = inf.pods.events().map(Event::Pod).boxed();
     let own = sync.own_events().map(Event::Own).boxed();
     let mut events = futures::stream::select_all([svc_events, pod_events, own]);
     let mut d = Driver {
-        services,
-        pods,
+        services: inf.services.store(),
+        pods: inf.pods.store(),
         pod_labels: HashMap::new(),
-        queue: VecDeque::new(),
-        queued: BTreeSet::new(),
-        retry: BTreeMap::new(),
+        queue: WorkQueue::new(),
         services_listed: false,
         pods_listed: false,
         ready: false,
@@ -114,13 +93,13 @@ pub(crate) async fn drive<S: ServiceSync>(client: Client, sync: S) {
         "controller watching services and pods"
     );
     loop {
-        let next_retry = d.retry.values().map(|(at, _)| *at).min();
+        let next_retry = d.queue.next_due();
         tokio::select! {
             ev = events.next() => match ev {
                 Some(ev) => d.on_event(ev),
                 None => return,
             },
-            () = sleep_until(next_retry), if next_retry.is_some() => d.promote_due(),
+            () = queue::sleep_until(next_retry) => d.queue.promote_due(Instant::now()),
         }
         while let Some(Some(ev)) = events.next().now_or_never() {
             d.on_event(ev);
@@ -135,8 +114,7 @@ pub(crate) async fn drive<S: ServiceSync>(client: Client, sync: S) {
                 d.enqueue(key);
             }
         }
-        while let Some(key) = d.queue.pop_front() {
-            d.queued.remove(&key);
+        while let Some(key) = d.queue.pop() {
             let svc = d
                 .services
                 .get(&ObjectRef::new(&key.1).within(&key.0))
@@ -148,16 +126,11 @@ pub(crate) async fn drive<S: ServiceSync>(client: Client, sync: S) {
                 .filter(|p| p.metadata.namespace.as_deref() == Some(key.0.as_str()))
                 .collect();
             match sync.sync(&key, svc.as_ref(), &ns_pods).await {
-                Ok(()) => {
-                    d.retry.remove(&key);
-                }
+                Ok(()) => d.queue.forget(&key),
                 Err(err) => {
-                    let delay = d
-                        .retry
-                        .get(&key)
-                        .map_or(RETRY_MIN, |(_, last)| (*last * 2).min(RETRY_MAX));
-                    debug!(controller = S::NAME, service = %format!("{}/{}", key.0, key.1), %err, ?delay, "sync failed; retrying");
-                    d.retry.insert(key, (Instant::now() + delay, delay));
+                    let service = format!("{}/{}", key.0, key.1);
+                    let delay = d.queue.retry(key, Instant::now());
+                    debug!(controller = S::NAME, %service, %err, ?delay, "sync failed; retrying");
                 }
             }
             // Keep the caches current between syncs.
@@ -168,22 +141,13 @@ pub(crate) async fn drive<S: ServiceSync>(client: Client, sync: S) {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => futures::future::pending().await,
-    }
-}
-
 struct Driver {
     services: Store<Service>,
     pods: Store<Pod>,
     /// The labels each pod had when last seen, to find the Services it no longer matches.
     pod_labels: HashMap<(String, String), BTreeMap<String, String>>,
-    queue: VecDeque<ServiceKey>,
-    queued: BTreeSet<ServiceKey>,
-    /// Failed syncs: when to retry, and the last delay.
-    retry: BTreeMap<ServiceKey, (Instant, Duration)>,
+    /// Services to sync, and failed ones waiting for their back-off.
+    queue: WorkQueue<ServiceKey>,
     services_listed: bool,
     pods_listed: bool,
     ready: bool,
@@ -191,32 +155,12 @@ struct Driver {
 
 impl Driver {
     fn enqueue(&mut self, key: ServiceKey) {
-        if self.queued.insert(key.clone()) {
-            self.queue.push_back(key);
-        }
+        self.queue.add(key);
     }
 
     fn enqueue_all(&mut self) {
         for s in self.services.state() {
             self.enqueue(service_key(&s));
-        }
-    }
-
-    fn promote_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<ServiceKey> = self
-            .retry
-            .iter()
-            .filter(|(_, (at, _))| *at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            if let Some((_, delay)) = self.retry.get_mut(&key) {
-                // Stays in `retry` (with its delay) until a sync succeeds.
-                let d = *delay;
-                self.retry.insert(key.clone(), (now + RETRY_MAX * 100, d));
-            }
-            self.enqueue(key);
         }
     }
 
@@ -242,7 +186,7 @@ impl Driver {
                     self.enqueue(key);
                 }
             }
-            Event::Service(e) => match *e {
+            Event::Service(e) => match e {
                 watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
                     if self.ready {
                         self.enqueue(service_key(&s));
@@ -256,7 +200,7 @@ impl Driver {
                 }
                 watcher::Event::Init | watcher::Event::InitApply(_) => {}
             },
-            Event::Pod(e) => match *e {
+            Event::Pod(e) => match e {
                 watcher::Event::Apply(p) => {
                     let key = pod_key(&p);
                     let labels = p.labels().clone();
@@ -500,14 +444,8 @@ pub(crate) struct EndpointsSync {
 }
 
 /// Runs the endpoints controller until the returned future is dropped.
-pub async fn run(client: Client) {
-    drive(
-        client.clone(),
-        EndpointsSync {
-            client: client.clone(),
-        },
-    )
-    .await;
+pub async fn run(client: Client, inf: &Informers) {
+    drive(inf, EndpointsSync { client }).await;
 }
 
 impl ServiceSync for EndpointsSync {

@@ -41,14 +41,8 @@ pub(crate) struct EndpointSliceSync {
 }
 
 /// Runs the EndpointSlice controller until the returned future is dropped.
-pub async fn run(client: Client) {
-    drive(
-        client.clone(),
-        EndpointSliceSync {
-            client: client.clone(),
-        },
-    )
-    .await;
+pub async fn run(client: Client, inf: &crate::informers::Informers) {
+    drive(inf, EndpointSliceSync { client }).await;
 }
 
 /// The ports of a slice reaching `pod`, in the Service's order; `None` when the Service has

@@ -11,8 +11,7 @@
 //! Absence is always confirmed with a live GET (or a DELETED event) before anything is deleted,
 //! so a graph that is still filling up after a restart never causes a deletion.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use edgesite_api::registry::{self, ResourceInfo};
 use futures::{FutureExt as _, StreamExt as _};
@@ -26,15 +25,13 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::Error;
+use crate::queue::{self, WorkQueue};
 use crate::resources::{dynamic_api, watchable};
 
 /// The finalizer that asks for the dependents to be orphaned.
 pub const FINALIZER_ORPHAN: &str = "orphan";
 /// The finalizer that asks for the dependents to be deleted first.
 pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
-
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One object in the graph: what the collector needs to know about it.
 #[derive(Debug, Clone)]
@@ -183,9 +180,8 @@ struct Collector {
     relisting: HashMap<usize, HashSet<String>>,
     /// Owner uids confirmed gone (uids are never reused).
     absent: HashSet<String>,
-    queue: VecDeque<String>,
-    queued: HashSet<String>,
-    retry: HashMap<String, (Instant, Duration)>,
+    /// Object uids to look at, and failed ones waiting for their back-off.
+    queue: WorkQueue<String>,
 }
 
 /// Runs the garbage collector until the returned future is dropped.
@@ -203,32 +199,23 @@ pub async fn run(client: Client) {
         graph: Graph::default(),
         relisting: HashMap::new(),
         absent: HashSet::new(),
-        queue: VecDeque::new(),
-        queued: HashSet::new(),
-        retry: HashMap::new(),
+        queue: WorkQueue::new(),
     };
     info!(resources = resources.len(), "garbage collector watching");
     loop {
-        let next_retry = gc.retry.values().map(|(at, _)| *at).min();
+        let next_retry = gc.queue.next_due();
         tokio::select! {
             ev = events.next() => match ev {
                 Some((i, ev)) => gc.on_event(i, resources[i], ev),
                 None => return,
             },
-            () = sleep_until(next_retry), if next_retry.is_some() => gc.promote_due(),
+            () = queue::sleep_until(next_retry) => gc.queue.promote_due(Instant::now()),
         }
         // Fold in whatever else is already waiting before making API calls.
         while let Some(Some((i, ev))) = events.next().now_or_never() {
             gc.on_event(i, resources[i], ev);
         }
         gc.work().await;
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => futures::future::pending().await,
     }
 }
 
@@ -295,38 +282,16 @@ impl Collector {
     }
 
     fn enqueue(&mut self, uid: String) {
-        if self.queued.insert(uid.clone()) {
-            self.queue.push_back(uid);
-        }
-    }
-
-    fn promote_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<String> = self
-            .retry
-            .iter()
-            .filter(|(_, (at, _))| *at <= now)
-            .map(|(uid, _)| uid.clone())
-            .collect();
-        for uid in due {
-            self.enqueue(uid);
-        }
+        self.queue.add(uid);
     }
 
     async fn work(&mut self) {
-        while let Some(uid) = self.queue.pop_front() {
-            self.queued.remove(&uid);
+        while let Some(uid) = self.queue.pop() {
             match self.process(&uid).await {
-                Ok(()) => {
-                    self.retry.remove(&uid);
-                }
+                Ok(()) => self.queue.forget(&uid),
                 Err(err) => {
-                    let backoff = self
-                        .retry
-                        .get(&uid)
-                        .map_or(RETRY_MIN, |(_, b)| (*b * 2).min(RETRY_MAX));
+                    let backoff = self.queue.retry(uid.clone(), Instant::now());
                     debug!(%uid, %err, ?backoff, "garbage collection step failed; retrying");
-                    self.retry.insert(uid, (Instant::now() + backoff, backoff));
                 }
             }
         }

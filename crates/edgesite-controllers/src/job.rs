@@ -32,11 +32,13 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTermina
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::informers::Informers;
+use crate::queue;
 use crate::workload::{
     controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_ready, key, now_time,
     pod_from_template, selector, selects,
@@ -89,9 +91,8 @@ struct Context {
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs the Job controller until the returned future is dropped.
-pub async fn run(client: Client, config: Arc<Config>) {
+pub async fn run(client: Client, config: Arc<Config>, inf: &Informers) {
     let jobs: Api<Job> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
@@ -99,33 +100,23 @@ pub async fn run(client: Client, config: Arc<Config>) {
         released: Mutex::new(HashMap::new()),
         created: Mutex::new(HashMap::new()),
     });
-    let controller = Controller::new(jobs, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "job reconcile");
-            }
-        });
-    tokio::join!(controller, release_orphans(client));
-}
-
-fn error_policy(job: Arc<Job>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(job = %key(&*job), %err, "job sync failed; retrying");
-    Action::requeue(Duration::from_secs(1))
+    let controller =
+        Controller::new(jobs, watcher::Config::default()).owns_shared_stream(inf.pods.objects());
+    tokio::join!(
+        queue::run_controller("job", controller, reconcile, ctx),
+        release_orphans(client, inf.pods.objects())
+    );
 }
 
 /// Removes the tracking finalizer from finished or deleted pods whose Job is gone (the Job's
 /// own pass handles the pods of Jobs that exist).
-async fn release_orphans(client: Client) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let stream = watcher(pods, watcher::Config::default())
-        .default_backoff()
-        .applied_objects();
-    let done = stream.for_each_concurrent(8, |pod| {
+async fn release_orphans(
+    client: Client,
+    pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+) {
+    let done = pods.for_each_concurrent(8, |pod| {
         let client = client.clone();
         async move {
-            let Ok(pod) = pod else { return };
             if !has_tracking_finalizer(&pod)
                 || (pod.metadata.deletion_timestamp.is_none() && !is_finished(&pod))
             {
@@ -140,10 +131,10 @@ async fn release_orphans(client: Client) {
                 Ok(Some(job)) if job.uid().as_deref() == Some(owner.uid.as_str()) => {}
                 Ok(_) => {
                     if let Err(err) = remove_finalizer(&client, &pod).await {
-                        debug!(pod = %key(&pod), %err, "cannot release an orphan job pod");
+                        debug!(pod = %key(&*pod), %err, "cannot release an orphan job pod");
                     }
                 }
-                Err(err) => debug!(pod = %key(&pod), %err, "cannot look up the pod's job"),
+                Err(err) => debug!(pod = %key(&*pod), %err, "cannot look up the pod's job"),
             }
         }
     });
@@ -720,7 +711,7 @@ async fn sync(
                 async move {
                     remove_finalizer(&client, &p).await?;
                     if let (Some(uid), Ok(mut r)) = (p.uid(), ctx.released.lock()) {
-                        r.insert(uid, std::time::Instant::now());
+                        r.insert(uid, ctx.config.clock.instant());
                     }
                     Ok(())
                 }
@@ -776,7 +767,8 @@ async fn sync(
 fn apply_expectations(ctx: &Context, job_uid: &str, mut pods: Vec<Pod>) -> (Vec<Pod>, Vec<Pod>) {
     let listed: std::collections::HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
     if let Ok(mut released) = ctx.released.lock() {
-        released.retain(|_, at| at.elapsed() < EXPECTATIONS_TIMEOUT);
+        let now = ctx.config.clock.instant();
+        released.retain(|_, at| now.saturating_duration_since(*at) < EXPECTATIONS_TIMEOUT);
         for p in &mut pods {
             let Some(uid) = p.uid() else { continue };
             if !released.contains_key(&uid) {
@@ -795,8 +787,11 @@ fn apply_expectations(ctx: &Context, job_uid: &str, mut pods: Vec<Pod>) -> (Vec<
     }
     let mut unseen = Vec::new();
     if let Ok(mut created) = ctx.created.lock() {
+        let now = ctx.config.clock.instant();
         created.retain(|pod_uid, (owner, at)| {
-            if listed.contains(pod_uid) || at.elapsed() >= EXPECTATIONS_TIMEOUT {
+            if listed.contains(pod_uid)
+                || now.saturating_duration_since(*at) >= EXPECTATIONS_TIMEOUT
+            {
                 return false;
             }
             if owner == job_uid {
@@ -973,7 +968,7 @@ async fn create_pods(
             Ok(p) => {
                 debug!(pod = %key(&p), job = %key(job), "job pod created");
                 if let (Some(pod_uid), Ok(mut c)) = (p.uid(), ctx.created.lock()) {
-                    c.insert(pod_uid, (uid.to_owned(), std::time::Instant::now()));
+                    c.insert(pod_uid, (uid.to_owned(), ctx.config.clock.instant()));
                 }
                 event(
                     ctx,

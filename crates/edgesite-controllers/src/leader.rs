@@ -9,7 +9,6 @@
 //! than the lease duration: it stops before anyone else may start.
 
 use std::future::Future;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -91,15 +90,7 @@ pub fn installation_identity(installation: &str) -> String {
 /// A unique identity for this process: the hostname and a random suffix
 /// (`edge-1_4f2a9c0d1b3e5a77`), as kube-controller-manager uses hostname and a UUID.
 pub fn default_identity() -> String {
-    let host = hostname();
-    // `RandomState` is seeded from the OS's randomness once per process (and varied per
-    // instance): enough for a suffix that only has to differ between processes.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    if let Ok(d) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
-        hasher.write_u128(d.as_nanos());
-    }
-    format!("{host}_{:016x}", hasher.finish())
+    format!("{}_{:016x}", hostname(), edgesite_clock::Rng::new().u64())
 }
 
 /// Campaigns for the Lease and, while this process holds it, runs `lead(stop)`; `stop`

@@ -37,10 +37,12 @@ pub mod endpoints;
 pub mod endpointslice;
 mod events;
 pub mod garbage_collector;
+pub mod informers;
 pub mod job;
 pub mod leader;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod queue;
 pub mod replicaset;
 pub mod resources;
 pub mod revision;
@@ -50,11 +52,16 @@ pub mod serviceaccount;
 pub mod statefulset;
 pub mod workload;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tracing::info;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::queue::Backoff;
 
 pub use edgesite_clock::{Clock, ManualClock, SystemClock};
 
@@ -114,9 +121,24 @@ impl Default for Config {
 }
 
 /// A controller's main loop, as [`run_all`] runs it.
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Makes a controller's main loop, again after it panicked.
+pub type TaskFactory = Box<dyn Fn() -> Task + Send + Sync>;
+
+/// The first wait before restarting a controller that panicked or ended, doubled per
+/// restart up to [`RESTART_MAX`].
+const RESTART_BASE: Duration = Duration::from_millis(500);
+/// The longest wait before restarting a controller.
+const RESTART_MAX: Duration = Duration::from_secs(60);
+/// A controller that ran this long before it failed starts its back-off afresh.
+const RESTART_RESET: Duration = Duration::from_secs(60);
 
 /// Runs every controller with `client` until `shutdown` completes.
+///
+/// The shared informers ([`informers::Informers`]) run next to the controllers. Each runs
+/// on its own task: one that panics is logged with its name and the panic's message, and
+/// started again after a back-off, while the others keep going.
 ///
 /// Leader election seam: with several servers sharing one datastore, the caller acquires the
 /// controller lease first and passes "lease lost or shutting down" as `shutdown`.
@@ -126,60 +148,200 @@ pub async fn run_all(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let config = Arc::new(config);
-    let tasks: Vec<(&str, Task)> = vec![
-        ("namespace", Box::pin(namespace::run(client.clone()))),
-        (
-            "scheduler",
-            Box::pin(scheduler::run(client.clone(), config.clone())),
-        ),
-        (
-            "node-lifecycle",
-            Box::pin(node_lifecycle::run(client.clone(), config.clone())),
-        ),
-        (
-            "garbage-collector",
-            Box::pin(garbage_collector::run(client.clone())),
-        ),
-        (
-            "replicaset",
-            Box::pin(replicaset::run(client.clone(), config.clone())),
-        ),
-        (
-            "deployment",
-            Box::pin(deployment::run(client.clone(), config.clone())),
-        ),
-        (
-            "daemonset",
-            Box::pin(daemonset::run(client.clone(), config.clone())),
-        ),
-        (
-            "statefulset",
-            Box::pin(statefulset::run(client.clone(), config.clone())),
-        ),
-        ("job", Box::pin(job::run(client.clone(), config.clone()))),
-        (
-            "cronjob",
-            Box::pin(cronjob::run(client.clone(), config.clone())),
-        ),
-        ("endpoints", Box::pin(endpoints::run(client.clone()))),
-        (
-            "endpointslice",
-            Box::pin(endpointslice::run(client.clone())),
-        ),
-        (
-            "serviceaccount",
-            Box::pin(serviceaccount::run(client.clone())),
-        ),
-        (
-            "root-ca-publisher",
-            Box::pin(rootca::run(client.clone(), config.root_ca_pem.clone())),
-        ),
-    ];
+    let inf = informers::Informers::new(&client);
+    let mut tasks = inf.watches();
+    tasks.extend(controllers(&client, &config, &inf));
     let names: Vec<&str> = tasks.iter().map(|(n, _)| *n).collect();
     info!(controllers = ?names, "starting controllers");
-    let _ = &config;
-    tokio::select! {
-        () = shutdown => info!("controllers stopping"),
-        _ = futures::future::join_all(tasks.into_iter().map(|(_, t)| t)) => info!("controllers ended"),
+    supervise(tasks, Backoff::new(RESTART_BASE, RESTART_MAX), shutdown).await;
+    info!("controllers stopping");
+}
+
+/// Every controller, by name, over the shared informers.
+fn controllers(
+    client: &kube::Client,
+    config: &Arc<Config>,
+    inf: &informers::Informers,
+) -> Vec<(&'static str, TaskFactory)> {
+    macro_rules! task {
+        ($name:literal, |$c:ident, $cfg:ident, $i:ident| $body:expr) => {{
+            let ($c, $cfg, $i) = (client.clone(), config.clone(), inf.clone());
+            let make: TaskFactory = Box::new(move || {
+                let ($c, $cfg, $i) = ($c.clone(), $cfg.clone(), $i.clone());
+                let _ = (&$c, &$cfg, &$i);
+                Box::pin(async move { $body.await })
+            });
+            ($name, make)
+        }};
+    }
+    vec![
+        task!("namespace", |c, cfg, i| namespace::run(c, cfg, &i)),
+        task!("scheduler", |c, cfg, i| scheduler::run_shared(c, cfg, &i)),
+        task!("node-lifecycle", |c, cfg, i| node_lifecycle::run(
+            c, cfg, &i
+        )),
+        task!("garbage-collector", |c, _cfg, _i| garbage_collector::run(c)),
+        task!("replicaset", |c, cfg, i| replicaset::run(c, cfg, &i)),
+        task!("deployment", |c, cfg, _i| deployment::run(c, cfg)),
+        task!("daemonset", |c, cfg, i| daemonset::run(c, cfg, &i)),
+        task!("statefulset", |c, cfg, i| statefulset::run(c, cfg, &i)),
+        task!("job", |c, cfg, i| job::run(c, cfg, &i)),
+        task!("cronjob", |c, cfg, _i| cronjob::run(c, cfg)),
+        task!("endpoints", |c, _cfg, i| endpoints::run(c, &i)),
+        task!("endpointslice", |c, _cfg, i| endpointslice::run(c, &i)),
+        task!("serviceaccount", |c, _cfg, i| serviceaccount::run(c, &i)),
+        task!("root-ca-publisher", |c, cfg, i| rootca::run(
+            c,
+            cfg.root_ca_pem.clone(),
+            &i
+        )),
+    ]
+}
+
+/// Runs `tasks` in a [`JoinSet`] until `shutdown` (or until all have returned), restarting
+/// one that panics after its back-off; dropping the set on shutdown aborts them all.
+async fn supervise(
+    tasks: Vec<(&'static str, TaskFactory)>,
+    backoff: Backoff<&'static str>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let tasks: Vec<(&'static str, Arc<TaskFactory>)> =
+        tasks.into_iter().map(|(n, f)| (n, Arc::new(f))).collect();
+    let mut set: JoinSet<()> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (usize, tokio::time::Instant)> = HashMap::new();
+    for (i, (_, make)) in tasks.iter().enumerate() {
+        let id = set.spawn(make()).id();
+        running.insert(id, (i, tokio::time::Instant::now()));
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (id, outcome) = tokio::select! {
+            () = &mut shutdown => return,
+            joined = set.join_next_with_id() => match joined {
+                Some(Ok((id, ()))) => (id, None),
+                Some(Err(err)) => (err.id(), Some(err)),
+                None => return,
+            },
+        };
+        let Some((i, started)) = running.remove(&id) else {
+            continue;
+        };
+        let (name, make) = &tasks[i];
+        let Some(err) = outcome else {
+            // Only a controller with nothing to do returns (the root CA publisher without a CA).
+            info!(controller = name, "controller ended");
+            continue;
+        };
+        if started.elapsed() >= RESTART_RESET {
+            backoff.forget(name);
+        }
+        let delay = backoff.failed(name);
+        if err.is_panic() {
+            let message = panic_message(err.into_panic());
+            error!(controller = name, panic = %message, ?delay, "controller panicked; restarting");
+        } else {
+            warn!(controller = name, %err, ?delay, "controller cancelled; restarting");
+        }
+        let make = make.clone();
+        let id = set
+            .spawn(async move {
+                tokio::time::sleep(delay).await;
+                make().await;
+            })
+            .id();
+        running.insert(id, (i, tokio::time::Instant::now()));
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_owned(), |s| (*s).to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counting(runs: &Arc<AtomicUsize>, panic_first: bool) -> TaskFactory {
+        let runs = runs.clone();
+        Box::new(move || {
+            let runs = runs.clone();
+            Box::pin(async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst);
+                if panic_first && n == 0 {
+                    panic!("injected failure");
+                }
+                futures::future::pending::<()>().await;
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_panicking_controller_is_restarted_and_the_others_keep_running() {
+        let flaky = Arc::new(AtomicUsize::new(0));
+        let steady = Arc::new(AtomicUsize::new(0));
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticking = {
+            let ticks = ticks.clone();
+            let make: TaskFactory = Box::new(move || {
+                let ticks = ticks.clone();
+                Box::pin(async move {
+                    loop {
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+            });
+            make
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(supervise(
+            vec![
+                ("flaky", counting(&flaky, true)),
+                ("steady", counting(&steady, false)),
+                ("ticking", ticking),
+            ],
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        for _ in 0..500 {
+            if flaky.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            flaky.load(Ordering::SeqCst),
+            2,
+            "restarted once after its panic"
+        );
+        assert_eq!(
+            steady.load(Ordering::SeqCst),
+            1,
+            "the others were not restarted"
+        );
+        let before = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            ticks.load(Ordering::SeqCst) > before,
+            "the others kept working"
+        );
+        let _ = stop_tx.send(());
+        run.await.unwrap();
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_either_payload() {
+        assert_eq!(panic_message(Box::new("static")), "static");
+        assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
+        assert_eq!(panic_message(Box::new(3)), "(no message)");
     }
 }

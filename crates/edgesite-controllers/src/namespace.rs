@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgesite_api::registry::ResourceInfo;
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::Error;
+use crate::informers::Informers;
+use crate::queue;
 use crate::resources::{dynamic_api, namespaced_deletable};
+use crate::{Clock, Config};
 
 /// The finalizer this controller owns in `spec.finalizers`.
 pub const FINALIZER: &str = "kubernetes";
@@ -29,25 +30,18 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 struct Context {
     client: Client,
+    clock: Arc<dyn Clock>,
 }
 
 /// Runs the namespace controller until the returned future is dropped.
-pub async fn run(client: Client) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ctx = Arc::new(Context { client });
-    Controller::new(api, watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "namespace reconcile");
-            }
-        })
-        .await;
-}
-
-fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = %ns.name_any(), %err, "namespace deletion failed; retrying");
-    Action::requeue(Duration::from_secs(1))
+pub async fn run(client: Client, config: Arc<Config>, inf: &Informers) {
+    let ctx = Arc::new(Context {
+        client,
+        clock: config.clock.clone(),
+    });
+    let controller =
+        Controller::for_shared_stream(inf.namespaces.objects(), inf.namespaces.store());
+    queue::run_controller("namespace", controller, reconcile, ctx).await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -67,7 +61,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
     let done = outcome.failures.is_empty() && outcome.remaining.is_empty();
     if !done {
         // Conditions are informative: a failure to write them must not stop the deletion.
-        if let Err(err) = report(&ctx.client, &ns, &outcome).await {
+        if let Err(err) = report(&ctx.client, ctx.clock.as_ref(), &ns, &outcome).await {
             debug!(namespace = %name, %err, "cannot update namespace conditions");
         }
         if let Some(first) = outcome.failures.first() {
@@ -144,9 +138,15 @@ async fn delete_content(client: &Client, ns: &str) -> Outcome {
 }
 
 /// Writes upstream's five deletion conditions to `status.conditions`.
-async fn report(client: &Client, ns: &Namespace, o: &Outcome) -> Result<(), Error> {
+async fn report(
+    client: &Client,
+    clock: &dyn Clock,
+    ns: &Namespace,
+    o: &Outcome,
+) -> Result<(), Error> {
     let name = ns.name_any();
-    let ts = rfc3339_now();
+    // Whole seconds, as metav1.Time serializes.
+    let ts = clock.rfc3339();
     let cond = |ty: &str, on: bool, reason_on: &str, reason_off: &str, message: String| {
         json!({
             "type": ty,
@@ -256,14 +256,6 @@ async fn report(client: &Client, ns: &Namespace, o: &Outcome) -> Result<(), Erro
     )
     .await?;
     Ok(())
-}
-
-fn rfc3339_now() -> String {
-    // Whole seconds, as metav1.Time serializes.
-    let now = k8s_openapi::jiff::Timestamp::now();
-    k8s_openapi::jiff::Timestamp::from_second(now.as_second())
-        .unwrap_or(now)
-        .to_string()
 }
 
 /// Removes [`FINALIZER`] from `spec.finalizers` through `PUT namespaces/{name}/finalize`

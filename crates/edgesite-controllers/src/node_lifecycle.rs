@@ -263,14 +263,13 @@ struct NodeLifecycle {
 }
 
 /// Runs the node lifecycle controller until the returned future is dropped.
-pub async fn run(client: Client, config: Arc<Config>) {
+pub async fn run(client: Client, config: Arc<Config>, inf: &crate::informers::Informers) {
     let leases = watcher(
         Api::<Lease>::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
         watcher::Config::default(),
     )
     .default_backoff();
-    let nodes =
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let nodes = inf.nodes.events();
     let mut tick = tokio::time::interval(config.node_monitor_period.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ctl = NodeLifecycle {
@@ -287,10 +286,7 @@ pub async fn run(client: Client, config: Arc<Config>) {
                 Ok(ev) => ctl.on_lease(ev).await,
                 Err(err) => debug!(%err, "node lease watch"),
             },
-            Some(ev) = nodes.next() => match ev {
-                Ok(ev) => ctl.on_node(ev).await,
-                Err(err) => debug!(%err, "node watch"),
-            },
+            Some(ev) = nodes.next() => ctl.on_node(crate::informers::owned(ev)).await,
             _ = tick.tick() => ctl.monitor().await,
         }
     }

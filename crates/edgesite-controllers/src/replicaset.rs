@@ -9,7 +9,6 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -20,6 +19,8 @@ use kube::{Api, Client, ResourceExt as _};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::informers::Informers;
+use crate::queue;
 use crate::workload::{
     can_adopt, controller_of, controller_ref, is_pod_active, is_pod_available, is_pod_ready, key,
     now_time, pod_from_template, ready_since, seconds_until_available, selector, selects,
@@ -35,23 +36,15 @@ struct Context {
 }
 
 /// Runs the ReplicaSet controller until the returned future is dropped.
-pub async fn run(client: Client, config: Arc<Config>) {
+pub async fn run(client: Client, config: Arc<Config>, inf: &Informers) {
     let rss: Api<ReplicaSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let controller = Controller::new(rss, watcher::Config::default());
     let store = controller.store();
     let ctx = Arc::new(Context { client, config });
-    controller
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
-            replica_sets_for_pod(&store, &pod)
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "replicaset reconcile");
-            }
-        })
-        .await;
+    let controller = controller.watches_shared_stream(inf.pods.objects(), move |pod: Arc<Pod>| {
+        replica_sets_for_pod(&store, &pod)
+    });
+    queue::run_controller("replicaset", controller, reconcile, ctx).await;
 }
 
 /// The ReplicaSets a pod event concerns: its controller if that is a ReplicaSet, or, for an
@@ -74,11 +67,6 @@ fn replica_sets_for_pod(store: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<R
         })
         .map(|rs| ObjectRef::from_obj(&**rs))
         .collect()
-}
-
-fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(replicaset = %key(&*rs), %err, "replica set sync failed; retrying");
-    Action::requeue(Duration::from_secs(1))
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
@@ -15,9 +14,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::Error;
+use crate::informers::Informers;
+use crate::queue;
 use crate::serviceaccount::active;
 
 /// The ConfigMap's name.
@@ -37,35 +38,22 @@ struct Context {
 
 /// Runs the root CA publisher until the returned future is dropped; returns at once (after
 /// a log line) when there is no CA to publish.
-pub async fn run(client: Client, ca_pem: Option<String>) {
+pub async fn run(client: Client, ca_pem: Option<String>, inf: &Informers) {
     let Some(ca_pem) = ca_pem else {
         info!("no cluster CA configured: kube-root-ca.crt ConfigMaps are not published");
         return;
     };
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     let configmaps: Api<ConfigMap> = Api::all(client.clone());
     let only_ours =
         watcher::Config::default().fields(&format!("metadata.name={ROOT_CA_CONFIGMAP}"));
-    Controller::new(namespaces, watcher::Config::default())
-        .watches(configmaps, only_ours, |cm| {
-            cm.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
-        })
-        .run(
-            reconcile,
-            error_policy,
-            Arc::new(Context { client, ca_pem }),
-        )
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "root CA reconcile");
-            }
-        })
-        .await;
-}
-
-fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = %ns.name_any(), %err, "cannot publish kube-root-ca.crt; retrying");
-    Action::requeue(Duration::from_secs(1))
+    let controller =
+        Controller::for_shared_stream(inf.namespaces.objects(), inf.namespaces.store()).watches(
+            configmaps,
+            only_ours,
+            |cm| cm.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
+        );
+    let ctx = Arc::new(Context { client, ca_pem });
+    queue::run_controller("root-ca-publisher", controller, reconcile, ctx).await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {

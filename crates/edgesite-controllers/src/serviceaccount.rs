@@ -3,9 +3,7 @@
 //! left alone.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
@@ -13,9 +11,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::Error;
+use crate::informers::Informers;
+use crate::queue;
 
 /// The ServiceAccount every namespace gets.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
@@ -25,33 +25,24 @@ struct Context {
 }
 
 /// Runs the service account controller until the returned future is dropped.
-pub async fn run(client: Client) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
+pub async fn run(client: Client, inf: &Informers) {
     let accounts: Api<ServiceAccount> = Api::all(client.clone());
     let only_default =
         watcher::Config::default().fields(&format!("metadata.name={DEFAULT_SERVICE_ACCOUNT}"));
-    Controller::new(namespaces, watcher::Config::default())
-        .watches(accounts, only_default, |sa| {
-            sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns))
-        })
-        .run(reconcile, error_policy, Arc::new(Context { client }))
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "service account reconcile");
-            }
-        })
-        .await;
+    let controller =
+        Controller::for_shared_stream(inf.namespaces.objects(), inf.namespaces.store()).watches(
+            accounts,
+            only_default,
+            |sa| sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
+        );
+    let ctx = Arc::new(Context { client });
+    queue::run_controller("serviceaccount", controller, reconcile, ctx).await;
 }
 
 /// Whether the namespace accepts new objects.
 pub(crate) fn active(ns: &Namespace) -> bool {
     ns.metadata.deletion_timestamp.is_none()
         && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
-}
-
-fn error_policy(ns: Arc<Namespace>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = %ns.name_any(), %err, "cannot create the default service account; retrying");
-    Action::requeue(Duration::from_secs(1))
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -10,17 +10,19 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, StatefulSet, StatefulSetSpec, StatefulSetStatus,
+};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
-use tracing::{debug, info, warn};
+use tracing::info;
 
+use crate::informers::Informers;
+use crate::queue;
 use crate::revision::{self, REVISION_HASH_LABEL, RevisionOwner};
 use crate::workload::{Requeue, create_pods, delete_pods, phase};
 use crate::{Config, Error, workload};
@@ -36,28 +38,14 @@ struct Context {
 }
 
 /// Runs the StatefulSet controller until the returned future is dropped.
-pub async fn run(client: Client, config: Arc<Config>) {
+pub async fn run(client: Client, config: Arc<Config>, inf: &Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
     });
-    Controller::new(
-        Api::<StatefulSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(err) = res {
-            debug!(%err, "statefulset reconcile");
-        }
-    })
-    .await;
-}
-
-fn error_policy(sts: Arc<StatefulSet>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(statefulset = %sts.name_any(), %err, "statefulset sync failed; retrying");
-    Action::requeue(Duration::from_secs(1))
+    let controller = Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
+        .owns_shared_stream(inf.pods.objects());
+    queue::run_controller("statefulset", controller, reconcile, ctx).await;
 }
 
 /// The ordinal in a pod name `<set>-<ordinal>`.
@@ -111,6 +99,43 @@ struct Plan {
     delete: Vec<Pod>,
 }
 
+/// The revisions a pass works with: the template's (update) and the one the set was at
+/// (current), with the collision count the update's name needed.
+struct Revisions {
+    all: Vec<ControllerRevision>,
+    update: ControllerRevision,
+    current: ControllerRevision,
+    current_template: PodTemplateSpec,
+    collisions: i32,
+}
+
+async fn revisions(
+    client: &Client,
+    owner: &RevisionOwner,
+    sts: &StatefulSet,
+    spec: &StatefulSetSpec,
+    selector: &kube::core::Selector,
+) -> Result<Revisions, Error> {
+    let status = sts.status.clone().unwrap_or_default();
+    let mut all = revision::list(client, owner, selector).await?;
+    let mut collisions = status.collision_count.unwrap_or(0);
+    let update = revision::ensure(client, owner, &spec.template, &mut all, &mut collisions).await?;
+    let current: ControllerRevision = status
+        .current_revision
+        .as_ref()
+        .and_then(|c| all.iter().find(|r| r.name_any() == *c))
+        .cloned()
+        .unwrap_or_else(|| update.clone());
+    let current_template = revision::template_of(&current).unwrap_or_else(|| spec.template.clone());
+    Ok(Revisions {
+        all,
+        update,
+        current,
+        current_template,
+        collisions,
+    })
+}
+
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     if sts.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -126,49 +151,10 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::await_change());
     };
     let owner = RevisionOwner::of(sts.as_ref())?;
-    let replicas = spec.replicas.unwrap_or(1).max(0);
-    let start = spec
-        .ordinals
-        .as_ref()
-        .and_then(|o| o.start)
-        .unwrap_or(0)
-        .max(0);
-    let monotonic = spec.pod_management_policy.as_deref() != Some("Parallel");
-    let strategy = spec.update_strategy.as_ref();
-    let rolling =
-        strategy.is_none_or(|s| s.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate");
-    let partition = strategy
-        .and_then(|s| s.rolling_update.as_ref())
-        .and_then(|r| r.partition)
-        .unwrap_or(0)
-        .max(0);
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let now = ctx.config.clock.unix_seconds();
-    let status = sts.status.clone().unwrap_or_default();
 
-    // Revisions: the template's (update), and the one the set was at (current).
-    let mut revisions = revision::list(client, &owner, &selector).await?;
-    let mut collisions = status.collision_count.unwrap_or(0);
-    let update_rev = revision::ensure(
-        client,
-        &owner,
-        &spec.template,
-        &mut revisions,
-        &mut collisions,
-    )
-    .await?;
-    let update_name = update_rev.name_any();
-    let current_rev: ControllerRevision = status
-        .current_revision
-        .as_ref()
-        .and_then(|c| revisions.iter().find(|r| r.name_any() == *c))
-        .cloned()
-        .unwrap_or_else(|| update_rev.clone());
-    let current_name = current_rev.name_any();
-    let current_template =
-        revision::template_of(&current_rev).unwrap_or_else(|| spec.template.clone());
-
-    // Pods by ordinal; the ones outside [start, start + replicas) are condemned.
+    // Observe: revisions and the set's pods.
+    let revs = revisions(client, &owner, &sts, spec, &selector).await?;
+    let (update_name, current_name) = (revs.update.name_any(), revs.current.name_any());
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels_from(&selector))
@@ -177,36 +163,29 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
         .into_iter()
         .filter(|p| owner.controls(&p.metadata))
         .collect();
-    let mut by_ordinal: BTreeMap<i32, Pod> = BTreeMap::new();
-    for p in &pods {
-        if let Some(o) = ordinal_of(&name, &p.name_any()) {
-            by_ordinal.insert(o, p.clone());
-        }
-    }
-    let end = start.saturating_add(replicas);
-    let terminating = |p: &Pod| p.metadata.deletion_timestamp.is_some();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let now = ctx.config.clock.unix_seconds();
     let healthy = |p: &Pod| {
-        !terminating(p) && phase(p) == "Running" && workload::is_pod_available(p, min_ready, now)
+        p.metadata.deletion_timestamp.is_none()
+            && phase(p) == "Running"
+            && workload::is_pod_available(p, min_ready, now)
+    };
+    // Decide (the input borrows a closure, so it does not live across the awaits).
+    let (plan, status) = {
+        let input = PlanInput::new(
+            &sts,
+            &owner,
+            &pods,
+            (&update_name, &spec.template),
+            (&current_name, &revs.current_template),
+            &healthy,
+        );
+        let plan = plan(&input);
+        let status = status_of(&input, &pods, &plan, revs.collisions, min_ready, now);
+        (plan, status)
     };
 
-    let mut requeue = Requeue::default();
-    for p in &pods {
-        requeue.pod(p, min_ready, now);
-    }
-    let plan = plan(&PlanInput {
-        sts: &sts,
-        owner: &owner,
-        by_ordinal: &by_ordinal,
-        start,
-        end,
-        monotonic,
-        rolling,
-        partition,
-        update: (&update_name, &spec.template),
-        current: (&current_name, &current_template),
-        healthy: &healthy,
-    });
-
+    // Execute.
     create_pods_tolerating_conflicts(&pods_api, plan.create.clone()).await?;
     delete_pods(&pods_api, plan.delete.clone()).await?;
     if !plan.create.is_empty() || !plan.delete.is_empty() {
@@ -217,18 +196,40 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
             "stateful pods synced"
         );
     }
+    workload::patch_status_if_changed(client, sts.as_ref(), sts.status.as_ref(), &status).await?;
 
-    // Status, from the pods this pass found.
-    let mut s = StatefulSetStatus {
-        observed_generation: sts.metadata.generation,
-        collision_count: (collisions > 0).then_some(collisions),
-        conditions: status.conditions.clone(),
-        current_revision: Some(current_name.clone()),
-        update_revision: Some(update_name.clone()),
-        ..StatefulSetStatus::default()
-    };
-    let (mut counted, mut ready, mut available, mut current, mut updated) = (0, 0, 0, 0, 0);
+    // History: keep the current and update revisions and any a pod runs.
+    let mut live: HashSet<String> = HashSet::from([current_name, update_name]);
+    live.extend(status.current_revision.clone());
+    live.extend(pods.iter().filter_map(revision_of).map(str::to_owned));
+    revision::prune(
+        client,
+        &ns,
+        &revs.all,
+        &live,
+        spec.revision_history_limit.unwrap_or(10),
+    )
+    .await?;
+    let mut requeue = Requeue::default();
     for p in &pods {
+        requeue.pod(p, min_ready, now);
+    }
+    Ok(requeue.action())
+}
+
+/// The status, from the pods this pass found. The update is complete once every pod runs
+/// it and is ready and the plan has nothing left to do: it becomes current.
+fn status_of(
+    i: &PlanInput<'_>,
+    pods: &[Pod],
+    plan: &Plan,
+    collisions: i32,
+    min_ready: i32,
+    now: i64,
+) -> StatefulSetStatus {
+    let (current_name, update_name) = (i.current.0, i.update.0);
+    let (mut counted, mut ready, mut available, mut current, mut updated) = (0, 0, 0, 0, 0);
+    for p in pods {
         if phase(p).is_empty() {
             continue;
         }
@@ -239,61 +240,45 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
                 available += 1;
             }
         }
-        if !terminating(p) {
-            if revision_of(p) == Some(current_name.as_str()) {
+        if p.metadata.deletion_timestamp.is_none() {
+            if revision_of(p) == Some(current_name) {
                 current += 1;
             }
-            if revision_of(p) == Some(update_name.as_str()) {
+            if revision_of(p) == Some(update_name) {
                 updated += 1;
             }
         }
     }
-    s.replicas = counted;
-    s.ready_replicas = Some(ready);
-    s.available_replicas = Some(available);
-    s.current_replicas = Some(current);
-    s.updated_replicas = Some(updated);
-    // The update is complete once every pod runs it and is ready: it becomes current.
-    if plan.create.is_empty()
+    let replicas = i.end - i.start;
+    let complete = plan.create.is_empty()
         && plan.delete.is_empty()
         && updated == replicas
         && ready == replicas
-        && counted == replicas
-    {
-        s.current_revision = Some(update_name.clone());
-        s.current_replicas = Some(updated);
+        && counted == replicas;
+    StatefulSetStatus {
+        observed_generation: i.sts.metadata.generation,
+        collision_count: (collisions > 0).then_some(collisions),
+        conditions: i.sts.status.as_ref().and_then(|s| s.conditions.clone()),
+        current_revision: Some(if complete { update_name } else { current_name }.to_owned()),
+        update_revision: Some(update_name.to_owned()),
+        replicas: counted,
+        ready_replicas: Some(ready),
+        available_replicas: Some(available),
+        current_replicas: Some(if complete { updated } else { current }),
+        updated_replicas: Some(updated),
     }
-    workload::patch_status_if_changed(client, sts.as_ref(), sts.status.as_ref(), &s).await?;
-
-    // History: keep the current and update revisions and any a pod runs.
-    let mut live: HashSet<String> = HashSet::new();
-    live.insert(current_name);
-    live.insert(update_name);
-    if let Some(c) = &s.current_revision {
-        live.insert(c.clone());
-    }
-    for p in &pods {
-        if let Some(r) = revision_of(p) {
-            live.insert(r.to_owned());
-        }
-    }
-    revision::prune(
-        client,
-        &ns,
-        &revisions,
-        &live,
-        spec.revision_history_limit.unwrap_or(10),
-    )
-    .await?;
-    Ok(requeue.action())
 }
 
+/// What [`plan`] decides from.
 struct PlanInput<'a> {
     sts: &'a StatefulSet,
     owner: &'a RevisionOwner,
-    by_ordinal: &'a BTreeMap<i32, Pod>,
+    /// The set's pods by ordinal.
+    by_ordinal: BTreeMap<i32, Pod>,
+    /// The ordinals wanted: `[start, end)`; the pods outside are condemned.
     start: i32,
     end: i32,
+    /// `OrderedReady`: one step at a time, each waiting for the lower ordinals.
     monotonic: bool,
     rolling: bool,
     partition: i32,
@@ -302,14 +287,71 @@ struct PlanInput<'a> {
     healthy: &'a dyn Fn(&Pod) -> bool,
 }
 
+impl<'a> PlanInput<'a> {
+    fn new(
+        sts: &'a StatefulSet,
+        owner: &'a RevisionOwner,
+        pods: &[Pod],
+        update: (&'a str, &'a PodTemplateSpec),
+        current: (&'a str, &'a PodTemplateSpec),
+        healthy: &'a dyn Fn(&Pod) -> bool,
+    ) -> Self {
+        let name = sts.name_any();
+        let spec = sts.spec.clone().unwrap_or_default();
+        let start = spec
+            .ordinals
+            .as_ref()
+            .and_then(|o| o.start)
+            .unwrap_or(0)
+            .max(0);
+        let strategy = spec.update_strategy.as_ref();
+        Self {
+            sts,
+            owner,
+            by_ordinal: pods
+                .iter()
+                .filter_map(|p| Some((ordinal_of(&name, &p.name_any())?, p.clone())))
+                .collect(),
+            start,
+            end: start.saturating_add(spec.replicas.unwrap_or(1).max(0)),
+            monotonic: spec.pod_management_policy.as_deref() != Some("Parallel"),
+            rolling: strategy
+                .is_none_or(|s| s.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate"),
+            partition: strategy
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.partition)
+                .unwrap_or(0)
+                .max(0),
+            update,
+            current,
+            healthy,
+        }
+    }
+}
+
+fn terminating(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_some()
+}
+
 /// Decides one pass: create missing pods, replace finished ones, remove condemned ones, and
 /// roll the update, stopping at the first step that must wait when ordered.
 fn plan(i: &PlanInput<'_>) -> Plan {
     let mut plan = Plan::default();
-    let terminating = |p: &Pod| p.metadata.deletion_timestamp.is_some();
-    let finished = |p: &Pod| matches!(phase(p), "Failed" | "Succeeded");
+    if plan_replicas(i, &mut plan) || !plan.create.is_empty() || !plan.delete.is_empty() {
+        return plan;
+    }
+    if plan_condemned(i, &mut plan) {
+        return plan;
+    }
+    if i.rolling {
+        plan_rolling_update(i, &mut plan);
+    }
+    plan
+}
 
-    // Replicas in ascending order.
+/// The wanted replicas in ascending order: missing ones created, finished ones replaced.
+/// True when an ordered set must wait.
+fn plan_replicas(i: &PlanInput<'_>, plan: &mut Plan) -> bool {
     for ordinal in i.start..i.end {
         let Some(pod) = i.by_ordinal.get(&ordinal) else {
             // Below the partition a recreated pod keeps the current revision.
@@ -321,32 +363,33 @@ fn plan(i: &PlanInput<'_>) -> Plan {
             plan.create
                 .push(new_pod(i.sts, i.owner, template, rev, ordinal));
             if i.monotonic {
-                return plan;
+                return true;
             }
             continue;
         };
         if terminating(pod) {
             if i.monotonic {
-                return plan;
+                return true;
             }
             continue;
         }
-        if finished(pod) {
+        if matches!(phase(pod), "Failed" | "Succeeded") {
             plan.delete.push(pod.clone());
             if i.monotonic {
-                return plan;
+                return true;
             }
             continue;
         }
         if i.monotonic && !(i.healthy)(pod) {
-            return plan;
+            return true;
         }
     }
-    if !plan.create.is_empty() || !plan.delete.is_empty() {
-        return plan;
-    }
+    false
+}
 
-    // Condemned pods, highest ordinal first.
+/// Condemned pods, highest ordinal first (one at a time, once the others are healthy, when
+/// ordered). True when there were any: the update waits for them.
+fn plan_condemned(i: &PlanInput<'_>, plan: &mut Plan) -> bool {
     let condemned: Vec<&Pod> = i
         .by_ordinal
         .iter()
@@ -357,48 +400,40 @@ fn plan(i: &PlanInput<'_>) -> Plan {
     for pod in &condemned {
         if terminating(pod) {
             if i.monotonic {
-                return plan;
+                return true;
             }
             continue;
         }
         if i.monotonic {
-            // Only when every other pod is healthy, one at a time.
             let others_healthy = i
                 .by_ordinal
                 .values()
                 .all(|p| p.metadata.uid == pod.metadata.uid || (i.healthy)(p));
-            if !others_healthy && (i.healthy)(pod) {
-                return plan;
+            if others_healthy || !(i.healthy)(pod) {
+                plan.delete.push((*pod).clone());
             }
-            plan.delete.push((*pod).clone());
-            return plan;
+            return true;
         }
         plan.delete.push((*pod).clone());
     }
-    if !plan.delete.is_empty() || !condemned.is_empty() {
-        return plan;
-    }
+    !condemned.is_empty()
+}
 
-    // Rolling update: highest ordinal first, one pod at a time, down to the partition.
-    if i.rolling {
-        let floor = i.start.saturating_add(i.partition);
-        for ordinal in (i.start..i.end).rev() {
-            if ordinal < floor {
-                break;
-            }
-            let Some(pod) = i.by_ordinal.get(&ordinal) else {
-                return plan;
-            };
-            if revision_of(pod) != Some(i.update.0) && !terminating(pod) {
-                plan.delete.push(pod.clone());
-                return plan;
-            }
-            if !(i.healthy)(pod) {
-                return plan;
-            }
+/// The rolling update: highest ordinal first, one pod at a time, down to the partition.
+fn plan_rolling_update(i: &PlanInput<'_>, plan: &mut Plan) {
+    let floor = i.start.saturating_add(i.partition);
+    for ordinal in (floor.max(i.start)..i.end).rev() {
+        let Some(pod) = i.by_ordinal.get(&ordinal) else {
+            return;
+        };
+        if revision_of(pod) != Some(i.update.0) && !terminating(pod) {
+            plan.delete.push(pod.clone());
+            return;
+        }
+        if !(i.healthy)(pod) {
+            return;
         }
     }
-    plan
 }
 
 /// Creates `pods`; a name still taken by a pod on its way out is retried on the next pass.
@@ -422,5 +457,232 @@ mod tests {
         assert_eq!(ordinal_of("web", "web-x"), None);
         assert_eq!(ordinal_of("web", "webby-1"), None);
         assert_eq!(ordinal_of("web", "web-"), None);
+    }
+    fn set(replicas: i32, policy: &str, strategy: serde_json::Value) -> StatefulSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1", "generation": 3},
+            "spec": {
+                "replicas": replicas,
+                "podManagementPolicy": policy,
+                "updateStrategy": strategy,
+                "serviceName": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c"}]}},
+            },
+        }))
+        .unwrap()
+    }
+
+    /// `web-<ordinal>` of revision `rev` in `phase` ("Gone" for one being deleted).
+    fn member(ordinal: i32, rev: &str, phase: &str) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-{ordinal}"), "uid": format!("p{ordinal}"),
+                "labels": {"app": "web", REVISION_HASH_LABEL: rev}},
+            "status": {"phase": phase},
+        }))
+        .unwrap();
+        if phase == "Gone" {
+            pod.metadata.deletion_timestamp =
+                Some(workload::now_time(&edgesite_clock::SystemClock));
+        }
+        pod
+    }
+
+    /// Name, replicas, pod management policy, update strategy, pods, created, deleted.
+    type Case = (
+        &'static str,
+        i32,
+        &'static str,
+        serde_json::Value,
+        Vec<Pod>,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+
+    #[test]
+    fn plans_step_through_ordinals_condemned_pods_and_updates() {
+        let rolling = |partition: i32| serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"partition": partition}});
+        let cases: Vec<Case> = vec![
+            (
+                "ordered: one pod at a time",
+                3,
+                "OrderedReady",
+                rolling(0),
+                vec![],
+                &["web-0"],
+                &[],
+            ),
+            (
+                "ordered: waits for a pod that is not running",
+                3,
+                "OrderedReady",
+                rolling(0),
+                vec![member(0, "new", "Pending")],
+                &[],
+                &[],
+            ),
+            (
+                "ordered: the next ordinal once the lower are healthy",
+                3,
+                "OrderedReady",
+                rolling(0),
+                vec![member(0, "new", "Running")],
+                &["web-1"],
+                &[],
+            ),
+            (
+                "parallel: all at once",
+                3,
+                "Parallel",
+                rolling(0),
+                vec![],
+                &["web-0", "web-1", "web-2"],
+                &[],
+            ),
+            (
+                "a finished pod is replaced",
+                1,
+                "OrderedReady",
+                rolling(0),
+                vec![member(0, "new", "Failed")],
+                &[],
+                &["web-0"],
+            ),
+            (
+                "condemned pods go from the highest ordinal",
+                1,
+                "OrderedReady",
+                rolling(0),
+                vec![
+                    member(0, "new", "Running"),
+                    member(1, "new", "Running"),
+                    member(2, "new", "Running"),
+                ],
+                &[],
+                &["web-2"],
+            ),
+            (
+                "parallel: every condemned pod at once",
+                1,
+                "Parallel",
+                rolling(0),
+                vec![
+                    member(0, "new", "Running"),
+                    member(1, "new", "Running"),
+                    member(2, "new", "Running"),
+                ],
+                &[],
+                &["web-2", "web-1"],
+            ),
+            (
+                "the update starts at the highest ordinal",
+                2,
+                "OrderedReady",
+                rolling(0),
+                vec![member(0, "old", "Running"), member(1, "old", "Running")],
+                &[],
+                &["web-1"],
+            ),
+            (
+                "the update waits for a pod being replaced",
+                2,
+                "OrderedReady",
+                rolling(0),
+                vec![member(0, "old", "Running"), member(1, "new", "Gone")],
+                &[],
+                &[],
+            ),
+            (
+                "the update stops at the partition",
+                2,
+                "OrderedReady",
+                rolling(1),
+                vec![member(0, "old", "Running"), member(1, "new", "Running")],
+                &[],
+                &[],
+            ),
+            (
+                "OnDelete leaves old pods alone",
+                2,
+                "OrderedReady",
+                serde_json::json!({"type": "OnDelete"}),
+                vec![member(0, "old", "Running"), member(1, "old", "Running")],
+                &[],
+                &[],
+            ),
+        ];
+        let template = PodTemplateSpec::default();
+        let healthy = |p: &Pod| !terminating(p) && phase(p) == "Running";
+        for (name, replicas, policy, strategy, pods, created, deleted) in cases {
+            let sts = set(replicas, policy, strategy);
+            let owner = RevisionOwner::of(&sts).unwrap();
+            let input = PlanInput::new(
+                &sts,
+                &owner,
+                &pods,
+                ("new", &template),
+                ("old", &template),
+                &healthy,
+            );
+            let p = plan(&input);
+            let names = |ps: &[Pod]| ps.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+            assert_eq!(names(&p.create), created, "{name}: created");
+            assert_eq!(names(&p.delete), deleted, "{name}: deleted");
+        }
+    }
+
+    #[test]
+    fn the_update_revision_becomes_current_once_every_pod_runs_it_ready() {
+        let sts = set(
+            2,
+            "OrderedReady",
+            serde_json::json!({"type": "RollingUpdate"}),
+        );
+        let owner = RevisionOwner::of(&sts).unwrap();
+        let template = PodTemplateSpec::default();
+        let healthy = |_: &Pod| true;
+        let ready = |ordinal: i32, rev: &str| {
+            let mut p = member(ordinal, rev, "Running");
+            p.status = serde_json::from_value(serde_json::json!({"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}]}))
+            .unwrap();
+            p
+        };
+        let pods = vec![ready(0, "new"), ready(1, "new")];
+        let input = PlanInput::new(
+            &sts,
+            &owner,
+            &pods,
+            ("new", &template),
+            ("old", &template),
+            &healthy,
+        );
+        let s = status_of(&input, &pods, &Plan::default(), 0, 0, 0);
+        assert_eq!(s.current_revision.as_deref(), Some("new"));
+        assert_eq!(
+            (
+                s.replicas,
+                s.ready_replicas,
+                s.updated_replicas,
+                s.current_replicas
+            ),
+            (2, Some(2), Some(2), Some(2))
+        );
+        assert_eq!(s.observed_generation, Some(3));
+        let pods = vec![ready(0, "old"), ready(1, "new")];
+        let input = PlanInput::new(
+            &sts,
+            &owner,
+            &pods,
+            ("new", &template),
+            ("old", &template),
+            &healthy,
+        );
+        let s = status_of(&input, &pods, &Plan::default(), 1, 0, 0);
+        assert_eq!(s.current_revision.as_deref(), Some("old"));
+        assert_eq!(
+            (s.current_replicas, s.updated_replicas, s.collision_count),
+            (Some(1), Some(1), Some(1))
+        );
     }
 }

@@ -14,9 +14,7 @@ mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -27,8 +25,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::queue;
 use crate::workload::{
     POD_TEMPLATE_HASH_LABEL, can_adopt, controller_of, controller_ref, is_controlled_by, key,
     now_time, pod_template_hash, selector, selects, templates_equal_ignoring_hash,
@@ -79,17 +78,10 @@ pub async fn run(client: Client, config: Arc<Config>) {
     let controller = Controller::new(deploys, watcher::Config::default());
     let store = controller.store();
     let ctx = Arc::new(Context { client, config });
-    controller
-        .watches(rss, watcher::Config::default(), move |rs: ReplicaSet| {
-            deployments_for_replica_set(&store, &rs)
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                debug!(%err, "deployment reconcile");
-            }
-        })
-        .await;
+    let controller = controller.watches(rss, watcher::Config::default(), move |rs: ReplicaSet| {
+        deployments_for_replica_set(&store, &rs)
+    });
+    queue::run_controller("deployment", controller, reconcile, ctx).await;
 }
 
 /// The Deployments a ReplicaSet event concerns: its controller, or for an orphan every
@@ -115,11 +107,6 @@ fn deployments_for_replica_set(
         })
         .map(|d| ObjectRef::from_obj(&**d))
         .collect()
-}
-
-fn error_policy(d: Arc<Deployment>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(deployment = %key(&*d), %err, "deployment sync failed; retrying");
-    Action::requeue(Duration::from_secs(1))
 }
 
 /// A Deployment being synced: the object (whose status and annotations the pass updates in

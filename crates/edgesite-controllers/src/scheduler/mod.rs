@@ -1,7 +1,7 @@
 //! The scheduler: binds pending pods (`schedulerName: default-scheduler`, no `spec.nodeName`,
 //! not terminating) to nodes, as upstream kube-scheduler does, through `pods/binding`.
 //!
-//! One task owns all state. It follows nodes and pods with two watches into a [`cache`] of
+//! One task owns all state. It follows the shared node and pod informers into a [`cache`] of
 //! nodes and the pods placed on them and a [`queue`] of pending pods, and schedules from the
 //! queue between watch events: [`filters`] drop the nodes that cannot take the pod (with the
 //! upstream reason texts), [`scores`] rank the rest, and the best node wins (ties broken at
@@ -30,7 +30,6 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PostParams;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde_json::json;
@@ -39,7 +38,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Config;
+use crate::informers::{self, Informers};
 use cache::{Cache, PodFacts};
+use edgesite_clock::Rng;
 use events::{COMPONENT, Report};
 use filters::{Candidate, Reason};
 use queue::{Failure, SchedulingQueue, State};
@@ -93,9 +94,22 @@ pub fn feasible_nodes_to_find(all: usize, percentage: Option<u32>) -> usize {
     (all * pct / 100).max(MIN_NODES)
 }
 
-/// Runs the scheduler with default settings until the returned future is dropped.
+/// Runs the scheduler with default settings, and node and pod informers of its own, until
+/// the returned future is dropped.
 pub async fn run(client: Client, config: Arc<Config>) {
-    run_with(client, config, SchedulerSettings::default()).await;
+    let inf = Informers::new(&client);
+    let (nodes, pods) = (inf.nodes.clone(), inf.pods.clone());
+    tokio::join!(
+        nodes.run(),
+        pods.run(),
+        run_with(client, config, SchedulerSettings::default(), &inf)
+    );
+}
+
+/// Runs the scheduler with default settings over the process's shared informers until the
+/// returned future is dropped.
+pub async fn run_shared(client: Client, config: Arc<Config>, inf: &Informers) {
+    run_with(client, config, SchedulerSettings::default(), inf).await;
 }
 
 /// The outcome of one binding.
@@ -108,8 +122,14 @@ struct Bound {
     result: Result<(), kube::Error>,
 }
 
-/// Runs the scheduler with `settings` until the returned future is dropped.
-pub async fn run_with(client: Client, config: Arc<Config>, settings: SchedulerSettings) {
+/// Runs the scheduler with `settings` over `inf`'s node and pod informers until the returned
+/// future is dropped.
+pub async fn run_with(
+    client: Client,
+    config: Arc<Config>,
+    settings: SchedulerSettings,
+    inf: &Informers,
+) {
     let (report_tx, report_rx) = mpsc::channel(settings.report_buffer.max(1));
     // The writer ends once the scheduler (the only sender) is gone.
     tokio::spawn(events::write_reports(client.clone(), report_rx));
@@ -123,15 +143,15 @@ pub async fn run_with(client: Client, config: Arc<Config>, settings: SchedulerSe
         bind_tx,
         reports: report_tx,
         next_start: 0,
-        rng: seed(),
+        rng: Rng::new(),
         nodes_seen: None,
         pods_seen: None,
         nodes_synced: false,
         pods_synced: false,
         settings,
     };
-    let nodes = watcher(Api::<Node>::all(client.clone()));
-    let pods = watcher(Api::<Pod>::all(client));
+    let nodes = inf.nodes.events().map(|e| Ok(informers::owned(e)));
+    let pods = inf.pods.events().map(|e| Ok(informers::owned(e)));
     let mut nodes = std::pin::pin!(nodes);
     let mut pods = std::pin::pin!(pods);
     let mut flush = tokio::time::interval(
@@ -160,26 +180,6 @@ pub async fn run_with(client: Client, config: Arc<Config>, settings: SchedulerSe
     }
 }
 
-fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: kube::Resource
-        + Clone
-        + for<'de> k8s_openapi::serde::Deserialize<'de>
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    watcher::watcher(api, watcher::Config::default()).default_backoff()
-}
-
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9e37_79b9_7f4a_7c15);
-    nanos | 1
-}
-
 struct Scheduler {
     client: Client,
     config: Arc<Config>,
@@ -191,7 +191,8 @@ struct Scheduler {
     reports: mpsc::Sender<Report>,
     /// Where the next pod's node scan starts.
     next_start: usize,
-    rng: u64,
+    /// Tie-breaks and event-name suffixes.
+    rng: Rng,
     nodes_seen: Option<HashSet<String>>,
     pods_seen: Option<HashSet<String>>,
     nodes_synced: bool,
@@ -232,13 +233,7 @@ fn has_required_pod_affinity(pod: &Pod) -> bool {
 
 impl Scheduler {
     fn random(&mut self) -> u64 {
-        // xorshift64: tie-breaking needs no quality beyond "not always the first".
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        self.rng.u64()
     }
 
     fn node_event(&mut self, ev: Result<Event<Node>, watcher::Error>) {
