@@ -4,6 +4,7 @@
 //! and the `metav1.Status` form of API errors. Objects are handled as raw JSON
 //! (`serde_json::Value`), the form in which the store keeps them, so that no field a client sent
 //! is ever lost.
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 pub mod apply;
 pub mod decode;
 pub mod discovery;

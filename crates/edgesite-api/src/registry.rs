@@ -579,6 +579,20 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
+/// A resource of the built-in table, for code that names one (`builtin("", "v1", "services")`).
+///
+/// # Panics
+/// When the table has no such resource: a programming error, which the registry's tests catch
+/// for every resource the server names ([`BUILTINS_NAMED_BY_THE_SERVER`]).
+pub fn builtin(group: &str, version: &str, plural: &str) -> &'static ResourceInfo {
+    #[allow(clippy::expect_used)] // the table is static; see the test of the names used
+    lookup(group, version, plural).expect("a resource of the built-in table")
+}
+
+/// The built-in resources the API server and its admission plugins name directly.
+pub const BUILTINS_NAMED_BY_THE_SERVER: &[(&str, &str, &str)] =
+    &[("", "v1", "namespaces"), ("", "v1", "services")];
+
 /// The resource serving `kind` in `group`/`version`: maps an object's `apiVersion` and `kind`
 /// (as in `kubectl apply -f`, or ownerReferences) to its resource.
 pub fn by_gvk(group: &str, version: &str, kind: &str) -> Option<&'static ResourceInfo> {

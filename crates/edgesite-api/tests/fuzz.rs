@@ -13,6 +13,7 @@
 //!   inputs depends only on the seed, so a printed seed and execution number reproduce a
 //!   failure.
 //! - `EDGESITE_FUZZ_RUNS` (optional): stop after this many executions.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;

@@ -17,6 +17,7 @@
 //!   each, released on delete and repaired at start and periodically.
 //! - [`in_process`]: kube clients that call the router directly (no socket, no TLS), for the
 //!   controllers running inside `edgesite server` ([`Server::in_process_client`]).
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 pub mod admission;
 pub mod allocator;

@@ -2,6 +2,7 @@
 //! managers and `force`, pruning of a dropped label, managedFields of ordinary writes; then the
 //! real kubectl (`apply --server-side`, pruning, `--force-conflicts`). Fails, never skips, when
 //! kubectl is missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use anyhow::{Context as _, Result, ensure};
 use http_body_util::BodyExt as _;

@@ -1,6 +1,7 @@
 //! Authentication and the endpoints about it, over HTTPS against the in-process server: static
 //! bearer tokens next to client certificates, SelfSubjectAccessReview and SelfSubjectReview
 //! (also through the real kubectl, which fails the test when missing), and `/metrics`.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Request body encodings over HTTPS: Kubernetes protobuf and YAML creates stored and read back
 //! as JSON, malformed bodies rejected with 400 and nothing stored, unknown media types 415; and
 //! the real kubectl 1.32, whose `create` subcommands send protobuf.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::Path;
 

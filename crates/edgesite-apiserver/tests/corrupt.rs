@@ -1,5 +1,6 @@
 //! Stored bytes the server cannot read: GET, LIST (plain, selected, as a table) and WATCH
 //! answer a 500 `Status` naming the key (a watch, an ERROR event), never an empty object.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use anyhow::Result;
 use edgesite_api::registry;

@@ -1,4 +1,5 @@
 //! Upstream's per-resource field selectors over HTTPS, on lists and on watches.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::time::Duration;
 

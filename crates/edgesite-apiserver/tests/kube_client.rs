@@ -1,6 +1,7 @@
 //! The server driven by the real kube-rs client, configured from the admin kubeconfig the
 //! server writes: typed ConfigMap CRUD and patches, a reflector kept in step through adds,
 //! updates and deletes, and the seeded namespaces.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The real kubectl (`/usr/bin/kubectl`, the gcloud dispatcher that asks `/version` first)
 //! against the in-process server. Fails, never skips, when kubectl is missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::process::Output;
 

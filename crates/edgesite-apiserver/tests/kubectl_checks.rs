@@ -4,6 +4,7 @@
 //! 16 `get pods -A --show-labels`, 17 `get all`, 18 label and field selectors, 21 `scale`,
 //! 24 `get pods -w`, and the output formats (`-o yaml|json|jsonpath|custom-columns|wide`).
 //! Fails, never skips, when kubectl is missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};

@@ -2,6 +2,7 @@
 //! (propagation, grace, preconditions, dry run), the DELETE responses, graceful deletion of
 //! bound pods, `deletecollection`, namespace termination, `finalize`, and the
 //! NamespaceLifecycle admission on create.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use anyhow::Result;
 use hyper::StatusCode;

@@ -1,6 +1,7 @@
 //! `/openapi/v3` over HTTPS, server-side field validation, strategic merge patch driven by the
 //! OpenAPI schemas, and the real kubectl's `apply`, `create -f` and `explain`, which need them.
 //! Fails, never skips, when kubectl is missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::process::Output;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Cluster PKI bootstrap: files, reuse, reissue, refusal, TLS handshakes and kubectl.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::fs;

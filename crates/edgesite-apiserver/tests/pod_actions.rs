@@ -1,5 +1,6 @@
 //! The pod actions: `pods/binding` (how a scheduler assigns a node) and `pods/eviction` (how
 //! `kubectl drain` removes pods), over HTTPS and with the real kubectl.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};

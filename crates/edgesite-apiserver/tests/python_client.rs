@@ -4,6 +4,7 @@
 //! a field selector, and 404/409 as `ApiException`s. The checks
 //! live in `tests/python/client_check.py`. Fails, never skips, when the venv or the module is
 //! missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::{Path, PathBuf};
 

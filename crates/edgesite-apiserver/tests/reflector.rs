@@ -11,6 +11,7 @@
 //!   new server's watch cache starts at the compacted head, the watcher's resumed watch gets
 //!   one `ERROR` 410 event, and the watcher relists exactly once (one more
 //!   `watcher::Event::Init`), then no more.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Generic resource handlers over HTTPS: CRUD with Status bodies, lists with selectors and
 //! pagination, watches (ordering and the 410 ERROR event), Table responses.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The HTTPS server in-process on 127.0.0.1:0: TLS with and without client certificates,
 //! HTTP/1.1 and HTTP/2, authentication, authorization, version, health and discovery.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::time::Duration;
 

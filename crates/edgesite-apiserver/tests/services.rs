@@ -2,6 +2,7 @@
 //! duplicates under concurrent creates, upstream's 422s for taken or out-of-range values,
 //! release on delete and on type change, headless and ExternalName Services, dry runs, and
 //! the repair pass at start.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

@@ -2,6 +2,7 @@
 //! `Invalid` Status with field causes and are never stored, immutable fields stay put, and
 //! the real kubectl prints the familiar `is invalid:` message. Fails, never skips, when
 //! kubectl is missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};

@@ -14,6 +14,7 @@
 //! cargo run --release -p edgesite-bench -- --only cluster [--quick] # scheduler, controllers, hollow nodes
 //! cargo run --release -p edgesite-bench -- --only scheduling [--quick] # scheduler throughput, in-process
 //! ```
+#![allow(clippy::disallowed_methods)] // a harness: it waits for and measures real processes
 
 mod backend;
 mod cluster;

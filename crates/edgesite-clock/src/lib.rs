@@ -2,6 +2,7 @@
 //! server, the controllers, the hollow nodes, the agent) reads, and that tests must control.
 //! Nothing outside this crate reads `SystemTime::now`, `Instant::now` or sleeps a thread;
 //! `.clippy.toml` enforces it.
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 pub mod clock;
 pub mod random;

@@ -28,6 +28,7 @@
 //!
 //! [`run_all`] runs every controller until a shutdown signal; [`leader::run_elected`] runs it
 //! only while this process holds the controllers' Lease.
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 pub mod cron;
 pub mod cronjob;

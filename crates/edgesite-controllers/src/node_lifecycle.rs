@@ -771,6 +771,7 @@ fn not_ready_conditions(pod: &Pod, now: SystemTime) -> Option<Vec<Value>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests wait and measure in real time
 mod tests {
     use super::*;
 

@@ -1,6 +1,7 @@
 //! The DaemonSet controller against a real in-process API server, the scheduler and hollow
 //! nodes: one pod per eligible node, taints, nodes coming and going, rolling updates within
 //! `maxUnavailable` / `maxSurge`, status, revisions, and `kubectl rollout status`.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! against a real in-process API server: rollouts to completion, scaling, RollingUpdate
 //! bounds, Recreate, pause/resume, the progress deadline on a manual clock, revision history,
 //! and the real kubectl's `rollout` commands.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

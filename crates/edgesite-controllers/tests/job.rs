@@ -2,6 +2,7 @@
 //! pods (their run time and exit code steered by the simulator's annotations): completions
 //! and parallelism, the back-off limit, suspend, the active deadline and the TTL after
 //! finishing on a manual clock, Indexed completion, and `kubectl wait --for=condition=complete`.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Cascading and namespace deletion with the real kubectl (`/usr/bin/kubectl`, fresh HOME)
 //! against an in-process server running the controllers. Fails, never skips, when kubectl
 //! is missing.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::time::Duration;
 

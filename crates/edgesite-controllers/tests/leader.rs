@@ -1,6 +1,7 @@
 //! Leader election between two API servers sharing one real etcd: exactly one candidate holds
 //! the Lease and runs the controllers; a crashed leader is replaced once its lease expires, a
 //! leader that shuts down cleanly hands over at once.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

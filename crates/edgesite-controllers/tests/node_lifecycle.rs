@@ -2,6 +2,7 @@
 //! server, hollow nodes and a manual clock: silent nodes turn `Unknown` and get the unreachable
 //! taints, their pods stay (unless the node's autonomy runs out) and come back when the node
 //! does.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::sync::Arc;
 use std::time::Duration;

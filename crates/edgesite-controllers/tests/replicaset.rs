@@ -1,6 +1,7 @@
 //! The ReplicaSet controller against a real in-process API server: it creates and deletes
 //! pods to match `spec.replicas`, adopts and releases pods by their labels, and reports the
 //! counts (with minReadySeconds on a manual clock) in `status`.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The scheduler against a real in-process API server, driven through the kube-rs client over
 //! HTTPS: pods land only on nodes that pass every filter, spread over nodes, and both outcomes
 //! are reported as upstream does (events, the `PodScheduled` condition).
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::time::Duration;

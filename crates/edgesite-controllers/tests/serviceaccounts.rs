@@ -1,6 +1,7 @@
 //! The `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap: present in every
 //! active namespace, put back after deletion, and the ConfigMap's content restored after a
 //! change.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};

@@ -1,6 +1,7 @@
 //! Endpoints and EndpointSlices on the real server: they follow pods becoming ready, not
 //! ready, terminating and deleted, resolve named target ports per pod, split slices at 100
 //! endpoints, go with their Service, and `kubectl expose` lists the ready pod IPs.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! nodes: ordered creation, stable names and identities, recreation under the same name,
 //! scale-down from the highest ordinal, partitioned rolling updates, status, and `kubectl
 //! rollout status`.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -24,6 +24,7 @@
 //! container's `restartCount` goes up by one with `lastState.terminated` carrying exit code N,
 //! and the next run fails the same way after the same time (no crash-loop back-off is
 //! simulated). A pod that is being deleted is not finished, only removed.
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};

@@ -1,6 +1,7 @@
 //! Hollow nodes against a real API server (in-process, reached over TLS with the admin
 //! kubeconfig): they register Ready, renew their Leases, report their pods running and ready,
 //! and finish the deletion of their pods; pods of other nodes are left alone.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::time::Duration;
 

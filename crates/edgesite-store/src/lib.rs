@@ -19,6 +19,7 @@
 //! store.update(b"/registry/a", b"2".to_vec(), rev, 0).await?;
 //! # Ok(()) }
 //! ```
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 mod error;
 mod types;

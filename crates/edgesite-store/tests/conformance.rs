@@ -27,6 +27,7 @@
 //! Nothing here sleeps to wait for something to happen: waits poll or read a watch under a
 //! deadline. The only sleeps are in the lease keep-alive case, where wall-clock time passing is
 //! what is tested.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

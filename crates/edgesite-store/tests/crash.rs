@@ -14,6 +14,7 @@
 //!
 //! `EDGESITE_CRASH_ITERATIONS` (default 20) sets the number of kills, `EDGESITE_CRASH_SEED` the
 //! random seed (printed, to replay the kill timings and the child's choices).
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};

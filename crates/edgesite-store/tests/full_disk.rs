@@ -4,6 +4,7 @@
 //!
 //! Needs root to mount a small tmpfs; as everywhere in this project, a missing prerequisite fails
 //! the test instead of skipping it.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::Path;
 use std::process::Command;

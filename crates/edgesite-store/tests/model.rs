@@ -14,6 +14,7 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases (128 by default; each is up to 60 operations).
 //! The tests after the model check are the smallest cases of what it found in the engine.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

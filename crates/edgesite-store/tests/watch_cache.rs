@@ -7,6 +7,7 @@
 //! one relist) and can hold or kill the latest store watch stream (to force a relist at a
 //! chosen point). Nothing sleeps for correctness: waits are on streams or on the cache's
 //! revision, under deadlines.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,5 @@
 //! The test etcd starts healthy, serves the v3 API, honours extra flags and is gone after drop.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! `edgesite`: one binary for the whole edge site. Each role is a subcommand; this file only
 //! parses the command line, sets up logging and hands over to the role.
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! System test: the built `edgesite server` binary, started twice on one data directory; time
 //! to ready (spawn → admin.kubeconfig written → `/readyz` answers through kubectl), the real
 //! kubectl against it, graceful shutdown on SIGTERM.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! System tests of issue 4 ("Show it"): the built `edgesite server` (scheduler and controllers
 //! inside) with hollow nodes from `edgesite sim` processes, driven only by the real kubectl
 //! with a fresh HOME. Each test runs its own server; a missing kubectl fails, never skips.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

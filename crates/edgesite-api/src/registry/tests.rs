@@ -344,3 +344,10 @@ fn storage_keys() {
         }
     }
 }
+
+#[test]
+fn every_builtin_the_server_names_is_in_the_table() {
+    for (group, version, plural) in BUILTINS_NAMED_BY_THE_SERVER {
+        assert_eq!(builtin(group, version, plural).plural, *plural);
+    }
+}

@@ -123,7 +123,9 @@ fn validate_generated_selector(obj: &Value, errs: &mut Vec<Cause>) {
         }
     }
     let expected = serde_json::json!({"controller-uid": uid, CONTROLLER_UID_LABEL: uid});
-    let sel = spec.get("selector").expect("checked above");
+    let Some(sel) = spec.get("selector") else {
+        return; // checked above
+    };
     if !selector_matches(sel, Some(&expected)) {
         errs.push(Cause::invalid_rendered(
             "spec.selector",

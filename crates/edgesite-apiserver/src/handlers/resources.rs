@@ -967,7 +967,7 @@ fn write_items(out: &mut Vec<u8>, items: &[Arc<KeyValue>], first_index: usize) {
 
 /// Creates the built-in namespaces and the `default/kubernetes` Service if absent.
 pub async fn seed(state: &ApiState, secure_port: u16) -> Result<(), ApiError> {
-    let ns = registry::lookup("", "v1", "namespaces").expect("namespaces");
+    let ns = registry::builtin("", "v1", "namespaces");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         match create_object(state, ns, None, obj, false).await {
@@ -975,9 +975,10 @@ pub async fn seed(state: &ApiState, secure_port: u16) -> Result<(), ApiError> {
             Err(e) => return Err(e),
         }
     }
-    let svc = registry::lookup("", "v1", "services").expect("services");
+    let svc = registry::builtin("", "v1", "services");
     // Another server sharing the datastore may have seeded it (and holds its IP) already.
-    let key = registry::storage_key(svc, Some("default"), "kubernetes").expect("a valid key");
+    let key = registry::storage_key(svc, Some("default"), "kubernetes")
+        .ok_or_else(|| ApiError::InternalError("no storage key for default/kubernetes".into()))?;
     let existing = state
         .storage
         .store

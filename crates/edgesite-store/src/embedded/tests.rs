@@ -1,4 +1,5 @@
 //! Engine-specific behaviour; the semantics shared with etcd are in `tests/conformance.rs`.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::time::Duration;
 
