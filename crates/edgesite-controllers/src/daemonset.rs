@@ -14,11 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgesite_api::predicates::{first_untolerated, pod_matches_node};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodSpec, PodTemplateSpec, Taint, Toleration,
+    PodSpec, PodTemplateSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ListParams;
@@ -105,91 +106,6 @@ fn scaled(value: Option<&IntOrString>, total: i32, default: i32) -> i32 {
 // ---------------------------------------------------------------------------------------------
 // Node eligibility.
 
-/// Whether a toleration tolerates a taint (upstream's `ToleratesTaint`).
-pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = t.effect.as_deref()
-        && !e.is_empty()
-        && e != taint.effect
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        _ => false,
-    }
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        // An empty term matches nothing.
-        return false;
-    }
-    let labels = node.labels();
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            let v = (r.key == "metadata.name").then(|| node.metadata.name.as_deref().unwrap_or(""));
-            requirement_matches(r, v)
-        })
-}
-
-/// Whether the node passes the pod's nodeSelector and required node affinity.
-pub(crate) fn node_matches(spec: &PodSpec, node: &Node) -> bool {
-    let labels = node.labels();
-    if let Some(sel) = &spec.node_selector
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    match required {
-        Some(sel) => sel
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node)),
-        None => true,
-    }
-}
-
 /// The tolerations every daemon pod gets, as upstream adds them.
 fn default_tolerations(host_network: bool) -> Vec<Toleration> {
     let t = |key: &str, effect: &str| Toleration {
@@ -230,18 +146,16 @@ fn tolerations_with_defaults(spec: &PodSpec) -> Vec<Toleration> {
 /// keep running (`.1`): selector or affinity mismatch rules out both; an untolerated
 /// NoSchedule taint only the first; an untolerated NoExecute taint both.
 pub(crate) fn should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
-    if !node_matches(spec, node) {
+    if !pod_matches_node(spec, node.labels(), &node.name_any()) {
         return (false, false);
     }
     let tolerations = tolerations_with_defaults(spec);
-    let untolerated = |effect: &str| {
-        node.spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|taint| taint.effect == effect && !tolerations.iter().any(|t| tolerates(t, taint)))
-    };
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
+    let untolerated = |effect: &str| first_untolerated(taints, &tolerations, &[effect]).is_some();
     let no_execute = untolerated("NoExecute");
     (!no_execute && !untolerated("NoSchedule"), !no_execute)
 }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
+use edgesite_api::predicates::{is_pod_ready, is_pod_terminal};
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::{
@@ -265,22 +266,17 @@ pub fn selects(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Whether the pod's `Ready` condition is `True`.
-pub fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// The pod's IP, if it has one and may serve at all: not finished (upstream's
 /// `ShouldPodBeInEndpoints`). Terminating pods are decided by the caller.
 pub fn serving_ip(p: &Pod) -> Option<&str> {
-    let status = p.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if is_pod_terminal(p) {
         return None;
     }
-    status.pod_ip.as_deref().filter(|ip| !ip.is_empty())
+    p.status
+        .as_ref()?
+        .pod_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
 }
 
 /// Whether the pod is being deleted.
@@ -403,7 +399,7 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<EndpointSubset>
         let g = groups
             .entry(group_key)
             .or_insert_with(|| (eps, Vec::new(), Vec::new()));
-        if publish_not_ready || pod_ready(pod) {
+        if publish_not_ready || is_pod_ready(pod) {
             g.1.push(addr);
         } else {
             g.2.push(addr);

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use edgesite_api::predicates::is_pod_ready;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
@@ -22,8 +23,8 @@ use tracing::debug;
 
 use crate::Error;
 use crate::endpoints::{
-    ServiceKey, ServiceSync, drive, hostname, output_labels, pod_ready, pod_ref, selected,
-    selector, serving_ip, target_port, terminating,
+    ServiceKey, ServiceSync, drive, hostname, output_labels, pod_ref, selected, selector,
+    serving_ip, target_port, terminating,
 };
 
 /// The label naming a slice's Service.
@@ -63,7 +64,7 @@ fn slice_ports(ports: &[ServicePort], pod: &Pod) -> Option<Vec<EndpointPort>> {
 }
 
 fn endpoint(pod: &Pod, ip: &str, svc: &Service, publish_not_ready: bool) -> Endpoint {
-    let ready = pod_ready(pod);
+    let ready = is_pod_ready(pod);
     let terminating = terminating(pod);
     Endpoint {
         addresses: vec![ip.to_owned()],

@@ -20,9 +20,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edgesite_api::predicates::{TolerationTime, toleration_time};
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -201,43 +202,10 @@ pub fn eviction_delay(pod: &Pod, taint: &Taint, autonomy: Autonomy) -> Option<Du
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
-    let mut tolerated = Duration::ZERO;
-    let mut shortest: Option<Duration> = None;
-    for t in tolerations.iter().filter(|t| tolerates(t, taint)) {
-        match t.toleration_seconds {
-            None => return None,
-            Some(secs) => {
-                let d = Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-                shortest = Some(shortest.map_or(d, |s| s.min(d)));
-            }
-        }
-    }
-    if let Some(s) = shortest {
-        tolerated = s;
-    }
-    Some(autonomy.max(tolerated))
-}
-
-/// Whether toleration `t` tolerates `taint` (upstream's `Toleration.ToleratesTaint`).
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    let effect_ok = match t.effect.as_deref() {
-        None | Some("") => true,
-        Some(e) => e == taint.effect,
-    };
-    if !effect_ok {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref() {
-        Some("Exists") => true,
-        None | Some("") | Some("Equal") => {
-            !key.is_empty()
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        Some(_) => false,
+    match toleration_time(tolerations, taint) {
+        TolerationTime::Forever => None,
+        TolerationTime::Seconds(secs) => Some(autonomy.max(Duration::from_secs(secs))),
+        TolerationTime::None => Some(autonomy),
     }
 }
 

@@ -7,6 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use edgesite_api::predicates::{
+    is_pod_active, is_pod_available, is_pod_ready, is_pod_terminal, ready_since,
+    seconds_until_available,
+};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -121,52 +125,6 @@ pub fn pod_from_template(
         spec: template.spec.clone(),
         status: None,
     }
-}
-
-/// Whether the pod is being deleted or has finished: such pods no longer count as replicas.
-pub fn is_pod_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
-}
-
-/// When the pod's `Ready` condition last became true (Unix seconds), if it is ready now.
-pub fn ready_since(pod: &Pod) -> Option<i64> {
-    let cond = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_deref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    if cond.status != "True" {
-        return None;
-    }
-    Some(
-        cond.last_transition_time
-            .as_ref()
-            .map_or(i64::MIN, |t| t.0.as_second()),
-    )
-}
-
-/// Whether the pod reports `Ready`.
-pub fn is_pod_ready(pod: &Pod) -> bool {
-    ready_since(pod).is_some()
-}
-
-/// Whether the pod has been ready for at least `min_ready_seconds` at `now` (Unix seconds).
-pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: i64) -> bool {
-    match ready_since(pod) {
-        None => false,
-        Some(_) if min_ready_seconds <= 0 => true,
-        Some(since) => since.saturating_add(i64::from(min_ready_seconds)) <= now,
-    }
-}
-
-/// Seconds until a ready pod becomes available, if it is ready but not yet available.
-pub fn seconds_until_available(pod: &Pod, min_ready_seconds: i32, now: i64) -> Option<i64> {
-    let since = ready_since(pod)?;
-    let at = since.saturating_add(i64::from(min_ready_seconds));
-    (min_ready_seconds > 0 && at > now).then_some(at - now)
 }
 
 /// The `pod-template-hash` of a template: FNV-1a (32 bit) of its canonical JSON form and of

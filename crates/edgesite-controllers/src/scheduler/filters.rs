@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use edgesite_api::predicates::{
+    first_untolerated, node_selector_matches, required_node_affinity_terms, terms_match, tolerated,
+};
 use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PreferredSchedulingTerm, Taint, Toleration,
+    NodeSelectorTerm, Pod, PreferredSchedulingTerm, Taint, Toleration,
 };
 
 use super::cache::{AffinityTerm, Cache, NodeFacts, NodeInfo, PodFacts};
@@ -79,84 +82,6 @@ impl fmt::Display for Reason {
             }
         }
     }
-}
-
-/// Whether `toleration` tolerates `taint`.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        "Equal" | "" => {
-            key == taint.key
-                && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
-fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
-}
-
-/// Whether a node-selector requirement holds for a node with `labels` named `name`;
-/// `field` selects `matchFields` semantics (only `metadata.name`).
-fn requirement_holds(
-    r: &NodeSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-    name: &str,
-    field: bool,
-) -> bool {
-    let value: Option<&str> = if field {
-        (r.key == "metadata.name").then_some(name)
-    } else {
-        labels.get(&r.key).map(String::as_str)
-    };
-    let values = r.values.as_deref().unwrap_or_default();
-    let int = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" if !field => value.is_some(),
-        "DoesNotExist" if !field => value.is_none(),
-        "Gt" | "Lt" if !field => {
-            let (Some(have), Some(want)) =
-                (value.and_then(int), values.first().and_then(|s| int(s)))
-            else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                have > want
-            } else {
-                have < want
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a node selector term matches: all its requirements hold, and it has at least one.
-pub fn term_matches(
-    term: &NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-    name: &str,
-) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_holds(r, labels, name, false))
-        && fields
-            .iter()
-            .all(|r| requirement_holds(r, labels, name, true))
 }
 
 /// Counts of pods matched by the incoming pod's inter-pod terms, per topology domain.
@@ -302,12 +227,7 @@ impl<'a> Candidate<'a> {
                 .and_then(|s| s.tolerations.as_deref())
                 .unwrap_or_default(),
             node_selector: spec.and_then(|s| s.node_selector.as_ref()),
-            required_terms: node_affinity
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .as_ref()
-                })
-                .map(|s| s.node_selector_terms.as_slice()),
+            required_terms: spec.and_then(required_node_affinity_terms),
             preferred: node_affinity
                 .and_then(|a| {
                     a.preferred_during_scheduling_ignored_during_execution
@@ -339,16 +259,14 @@ impl<'a> Candidate<'a> {
             reasons.push(Reason::NodeAffinity);
             return false;
         }
-        for taint in &node.taints {
-            if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-                && !tolerated(self.tolerations, taint)
-            {
-                reasons.push(Reason::Taint {
-                    key: taint.key.clone(),
-                    value: taint.value.clone().unwrap_or_default(),
-                });
-                return false;
-            }
+        if let Some(taint) =
+            first_untolerated(&node.taints, self.tolerations, &["NoSchedule", "NoExecute"])
+        {
+            reasons.push(Reason::Taint {
+                key: taint.key.clone(),
+                value: taint.value.clone().unwrap_or_default(),
+            });
+            return false;
         }
         if !self.fits(info, node, reasons) {
             return false;
@@ -371,15 +289,10 @@ impl<'a> Candidate<'a> {
     }
 
     fn node_affinity_matches(&self, node: &NodeFacts, name: &str) -> bool {
-        if let Some(sel) = self.node_selector
-            && !sel.iter().all(|(k, v)| node.labels.get(k) == Some(v))
-        {
-            return false;
-        }
-        match self.required_terms {
-            Some(terms) => terms.iter().any(|t| term_matches(t, &node.labels, name)),
-            None => true,
-        }
+        node_selector_matches(self.node_selector, &node.labels)
+            && self
+                .required_terms
+                .is_none_or(|terms| terms_match(terms, &node.labels, name))
     }
 
     fn fits(&self, info: &NodeInfo, node: &NodeFacts, reasons: &mut Vec<Reason>) -> bool {
@@ -457,86 +370,6 @@ pub fn failure_message(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn taint(key: &str, value: &str, effect: &str) -> Taint {
-        Taint {
-            key: key.into(),
-            value: Some(value.into()),
-            effect: effect.into(),
-            ..Default::default()
-        }
-    }
-
-    fn toleration(v: serde_json::Value) -> Toleration {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn tolerations_match_like_upstream() {
-        let t = taint("role", "db", "NoSchedule");
-        assert!(tolerates(
-            &toleration(json!({"key": "role", "value": "db"})),
-            &t
-        ));
-        assert!(!tolerates(
-            &toleration(json!({"key": "role", "value": "web"})),
-            &t
-        ));
-        assert!(tolerates(
-            &toleration(json!({"key": "role", "operator": "Exists"})),
-            &t
-        ));
-        assert!(tolerates(&toleration(json!({"operator": "Exists"})), &t));
-        assert!(!tolerates(
-            &toleration(json!({"operator": "Exists", "effect": "NoExecute"})),
-            &t
-        ));
-        assert!(tolerates(
-            &toleration(
-                json!({"key": "role", "operator": "Equal", "value": "db", "effect": "NoSchedule"})
-            ),
-            &t
-        ));
-    }
-
-    #[test]
-    fn node_selector_terms_support_every_operator_and_match_fields() {
-        let labels = BTreeMap::from([
-            ("zone".to_owned(), "a".to_owned()),
-            ("gen".to_owned(), "5".to_owned()),
-        ]);
-        let term =
-            |v: serde_json::Value| -> NodeSelectorTerm { serde_json::from_value(v).unwrap() };
-        let ok = |v| term_matches(&term(v), &labels, "n1");
-        assert!(ok(
-            json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]})
-        ));
-        assert!(!ok(
-            json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]})
-        ));
-        assert!(ok(
-            json!({"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["a"]}]})
-        ));
-        assert!(ok(
-            json!({"matchExpressions": [{"key": "zone", "operator": "Exists"}]})
-        ));
-        assert!(ok(
-            json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]})
-        ));
-        assert!(ok(
-            json!({"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["4"]}]})
-        ));
-        assert!(!ok(
-            json!({"matchExpressions": [{"key": "gen", "operator": "Lt", "values": ["5"]}]})
-        ));
-        assert!(ok(
-            json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]})
-        ));
-        assert!(!ok(
-            json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]})
-        ));
-        assert!(!ok(json!({})));
-    }
 
     #[test]
     fn resources_report_every_shortage_and_the_pod_count() {

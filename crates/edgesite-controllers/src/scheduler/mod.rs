@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use crate::Config;
 use crate::informers::{self, Informers};
 use cache::{Cache, PodFacts};
+use edgesite_api::predicates::is_pod_terminal;
 use edgesite_clock::Rng;
 use events::{COMPONENT, Report};
 use filters::{Candidate, Reason};
@@ -205,13 +206,6 @@ fn is_ours(pod: &Pod) -> bool {
         .is_some_and(|s| s.scheduler_name.as_deref().unwrap_or(COMPONENT) == COMPONENT)
 }
 
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
 fn assigned_node(pod: &Pod) -> Option<&str> {
     pod.spec
         .as_ref()
@@ -339,7 +333,7 @@ impl Scheduler {
         };
         if let Some(node) = assigned_node(&pod) {
             self.queue.remove(&uid);
-            if is_terminal(&pod) {
+            if is_pod_terminal(&pod) {
                 self.pod_gone(&uid);
                 return;
             }
@@ -354,7 +348,7 @@ impl Scheduler {
             }
             return;
         }
-        if !is_ours(&pod) || is_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
+        if !is_ours(&pod) || is_pod_terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
             self.queue.remove(&uid);
             return;
         }

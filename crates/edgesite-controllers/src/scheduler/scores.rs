@@ -4,7 +4,9 @@
 //! locality are not scored.
 
 use super::cache::NodeInfo;
-use super::filters::{Candidate, term_matches, tolerates};
+use edgesite_api::predicates::{term_matches, untolerated_prefer_no_schedule};
+
+use super::filters::Candidate;
 
 const WEIGHT_TAINT: i64 = 3;
 const WEIGHT_NODE_AFFINITY: i64 = 2;
@@ -53,18 +55,7 @@ fn raw(c: &Candidate<'_>, info: &NodeInfo) -> Raw {
         .as_ref()
         .and_then(|o| info.owners.get(o))
         .map_or(0, |n| i64::from(*n));
-    let intolerable_prefer = node
-        .taints
-        .iter()
-        .filter(|t| t.effect == "PreferNoSchedule")
-        .filter(|t| {
-            !c.tolerations.iter().any(|tol| {
-                (tol.effect.as_deref().unwrap_or("").is_empty()
-                    || tol.effect.as_deref() == Some("PreferNoSchedule"))
-                    && tolerates(tol, t)
-            })
-        })
-        .count() as i64;
+    let intolerable_prefer = untolerated_prefer_no_schedule(&node.taints, c.tolerations) as i64;
     let preferred_affinity = c
         .preferred
         .iter()
