@@ -27,7 +27,7 @@ use edgesite_api::registry;
 use futures::StreamExt as _;
 
 use crate::handlers::ApiState;
-use crate::handlers::resources::parse_path;
+use crate::handlers::target::parse_path;
 
 /// Upper bounds (seconds) of the request duration histogram: kube-apiserver's.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -58,23 +58,19 @@ impl RequestLabels {
     pub fn of(method: &Method, uri: &Uri) -> Self {
         match parse_path(uri.path()) {
             Some(Some(t)) => {
-                let verb = match t.verb(method, uri.query()) {
-                    "get" => "GET",
-                    "list" => "LIST",
-                    "watch" => "WATCH",
-                    "create" => "POST",
-                    "update" => "PUT",
-                    "patch" => "PATCH",
-                    "delete" => "DELETE",
-                    "deletecollection" => "DELETECOLLECTION",
-                    _ => method.as_str(),
-                };
+                let verb = t.verb(method, uri.query()).map_or_else(
+                    || method.as_str().to_owned(),
+                    |v| v.metric_label().to_owned(),
+                );
                 Self {
-                    verb: verb.to_owned(),
+                    verb,
                     group: t.resource.group.to_owned(),
                     version: t.resource.version.to_owned(),
                     resource: t.resource.plural.to_owned(),
-                    subresource: t.subresource.unwrap_or_default(),
+                    subresource: t
+                        .subresource
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
                 }
             }
             _ => Self {

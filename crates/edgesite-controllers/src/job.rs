@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -40,8 +41,8 @@ use tracing::{debug, info, warn};
 use crate::informers::Informers;
 use crate::queue;
 use crate::workload::{
-    controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_ready, key, now_time,
-    pod_from_template, selector, selects,
+    controller_of, controller_ref, is_controlled_by, is_pod_active, is_pod_ready, is_pod_terminal,
+    key, now_time, pod_from_template, selector, selects,
 };
 use crate::{Config, Error};
 
@@ -118,7 +119,7 @@ async fn release_orphans(
         let client = client.clone();
         async move {
             if !has_tracking_finalizer(&pod)
-                || (pod.metadata.deletion_timestamp.is_none() && !is_finished(&pod))
+                || (pod.metadata.deletion_timestamp.is_none() && !is_pod_terminal(&pod))
             {
                 return;
             }
@@ -147,10 +148,6 @@ fn has_tracking_finalizer(pod: &Pod) -> bool {
 
 fn phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
-}
-
-fn is_finished(pod: &Pod) -> bool {
-    matches!(phase(pod), Some("Succeeded" | "Failed"))
 }
 
 /// Upstream's `isPodFailed`: failed, or deleted before it succeeded (an orphan or a pod the
@@ -415,7 +412,7 @@ fn census(pods: &[Pod], uncounted: &Uncounted, indexed: Option<i32>) -> Census {
         let uid = p.uid().unwrap_or_default();
         if is_pod_active(p) {
             c.active.push(p.clone());
-        } else if p.metadata.deletion_timestamp.is_some() && !is_finished(p) {
+        } else if p.metadata.deletion_timestamp.is_some() && !is_pod_terminal(p) {
             c.terminating += 1;
         }
         if phase(p) == Some("Succeeded")
@@ -500,7 +497,216 @@ fn backoff_delay(base: Duration, failures: i32) -> Duration {
     base.saturating_mul(1 << exp).min(MAX_BACKOFF)
 }
 
-#[allow(clippy::too_many_lines)]
+/// What one pass saw of a Job: its spec and last status, the pods that still run (listed
+/// or just created), the counts so far and the time.
+struct Observed<'a> {
+    spec: &'a JobSpec,
+    old: &'a JobStatus,
+    active: Vec<Pod>,
+    /// Succeeded and failed pods, counted or about to be.
+    succeeded: i32,
+    failed: i32,
+    /// Indexed Jobs: the completion indexes that succeeded.
+    succeeded_indexes: &'a BTreeSet<i32>,
+    /// Clock seconds, and the same instant as an API time.
+    now: i64,
+    now_t: Time,
+    /// What is left of the failure back-off before pods may be created again.
+    backoff_wait: Duration,
+}
+
+/// What a pass does about a Job before it counts pods: the status with its new conditions,
+/// the events, the pods to delete and to create, and when to look again.
+#[derive(Debug)]
+struct Plan {
+    status: JobStatus,
+    /// `FailureTarget` or `SuccessCriteriaMet` once decided: the Job is finishing.
+    finishing: Option<JobCondition>,
+    /// Events as `(type, reason, message)`, sent before the pod changes.
+    events: Vec<(&'static str, String, String)>,
+    /// The pods that remain active once `delete` is done.
+    active: Vec<Pod>,
+    delete: Vec<Pod>,
+    /// Whether the deleted pods count as failed (the Job failed) or are let go uncounted
+    /// (a suspension or a lower parallelism), as upstream.
+    delete_counts_as_failed: bool,
+    /// How many pods to create and, for an Indexed Job, their completion indexes.
+    create: Option<(usize, Option<Vec<i32>>)>,
+    requeue: Option<Duration>,
+}
+
+impl Plan {
+    fn requeue_at(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |x| x.min(d)));
+    }
+}
+
+/// The decisions of one pass, without IO: whether the Job is finishing (back-off limit,
+/// deadline, completions), suspended or resumed, and how many pods to add or remove.
+fn plan(o: Observed<'_>) -> Plan {
+    let spec = o.spec;
+    let indexed =
+        (spec.completion_mode.as_deref() == Some("Indexed")).then(|| spec.completions.unwrap_or(0));
+    let suspended = spec.suspend == Some(true);
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    let on_failure = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        == Some("OnFailure");
+    let now_t = &o.now_t;
+    let mut p = Plan {
+        status: o.old.clone(),
+        finishing: None,
+        events: Vec::new(),
+        active: o.active,
+        delete: Vec::new(),
+        delete_counts_as_failed: false,
+        create: None,
+        requeue: None,
+    };
+    let st = &mut p.status;
+
+    // startTime: set when the Job first runs, reset when it is resumed.
+    if st.start_time.is_none() && !suspended {
+        st.start_time = Some(now_t.clone());
+    }
+
+    // A decision already taken (interim condition) stands.
+    let finishing = |st: &JobStatus| {
+        condition_true(st, "FailureTarget").or_else(|| condition_true(st, "SuccessCriteriaMet"))
+    };
+    p.finishing = finishing(o.old);
+    if p.finishing.is_none() {
+        let past_restarts = on_failure && {
+            let r = restarts(&p.active);
+            if backoff_limit == 0 {
+                r > 0
+            } else {
+                r >= backoff_limit
+            }
+        };
+        let deadline = spec.active_deadline_seconds.and_then(|ads| {
+            let start = p.status.start_time.as_ref()?.0.as_second();
+            Some(start.saturating_add(ads))
+        });
+        let complete = match indexed {
+            Some(n) => count(o.succeeded_indexes.len()) >= n,
+            None => match spec.completions {
+                Some(n) => o.succeeded >= n && p.active.is_empty(),
+                None => o.succeeded > 0 && p.active.is_empty(),
+            },
+        };
+        let st = &mut p.status;
+        if o.failed > backoff_limit || past_restarts {
+            set_condition(
+                st,
+                "FailureTarget",
+                "True",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+                now_t,
+            );
+        } else if !suspended && deadline.is_some_and(|d| o.now >= d) {
+            set_condition(
+                st,
+                "FailureTarget",
+                "True",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+                now_t,
+            );
+        } else if complete {
+            set_condition(
+                st,
+                "SuccessCriteriaMet",
+                "True",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now_t,
+            );
+        } else if let Some(d) = deadline.filter(|_| !suspended) {
+            p.requeue_at(Duration::from_secs(u64::try_from(d - o.now).unwrap_or(0)));
+        }
+        p.finishing = finishing(&p.status);
+        if let Some(c) = &p.finishing
+            && c.type_ == "FailureTarget"
+        {
+            let reason = c.reason.clone().unwrap_or_default();
+            let message = c.message.clone().unwrap_or_default();
+            p.events.push(("Warning", reason, message));
+        }
+    }
+
+    let was_suspended = condition_true(o.old, "Suspended").is_some();
+    if p.finishing.is_some() {
+        // Whatever still runs is stopped; it counts as failed once it is gone.
+        p.delete = std::mem::take(&mut p.active);
+        p.delete_counts_as_failed = true;
+    } else if suspended {
+        if !was_suspended {
+            p.events
+                .push(("Normal", "Suspended".into(), "Job suspended".into()));
+        }
+        p.delete = std::mem::take(&mut p.active);
+        set_condition(
+            &mut p.status,
+            "Suspended",
+            "True",
+            "JobSuspended",
+            "Job suspended",
+            now_t,
+        );
+    } else {
+        if was_suspended {
+            p.events
+                .push(("Normal", "Resumed".into(), "Job resumed".into()));
+            set_condition(
+                &mut p.status,
+                "Suspended",
+                "False",
+                "JobResumed",
+                "Job resumed",
+                now_t,
+            );
+            // The active deadline counts from the resume.
+            p.status.start_time = Some(now_t.clone());
+        }
+        let want = match (indexed, spec.completions) {
+            (Some(_), _) => parallelism,
+            (None, Some(n)) => (n - o.succeeded).clamp(0, parallelism),
+            (None, None) if o.succeeded > 0 => count(p.active.len()),
+            (None, None) => parallelism,
+        };
+        let have = count(p.active.len());
+        if have > want {
+            // Not ready first, then the newest.
+            p.active.sort_by_key(|p| {
+                (
+                    is_pod_ready(p),
+                    std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)),
+                )
+            });
+            p.delete = p
+                .active
+                .drain(..usize::try_from(have - want).unwrap_or(0))
+                .collect();
+        } else if have < want {
+            if o.backoff_wait.is_zero() {
+                let indexes =
+                    indexed.map(|n| free_indexes(n, o.succeeded_indexes, &p.active, want - have));
+                let n = usize::try_from(want - have).unwrap_or(0).min(MAX_CREATE);
+                p.create = Some((n, indexes));
+            } else {
+                p.requeue_at(o.backoff_wait);
+            }
+        }
+    }
+    p
+}
+
 async fn sync(
     ctx: &Context,
     jobs: &Api<Job>,
@@ -524,161 +730,31 @@ async fn sync(
         old.failed.unwrap_or(0) + count(uncounted.failed.len()) + count(census.new_failed.len());
     let mut active = census.active;
     active.extend(unseen_created);
-    let mut terminating = census.terminating;
-    let suspended = spec.suspend == Some(true);
-    let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let backoff_limit = spec.backoff_limit.unwrap_or(6);
-    let on_failure = spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.as_deref())
-        == Some("OnFailure");
-
-    let mut st = old.clone();
-    let mut requeue: Option<Duration> = None;
-    let requeue_at = |d: Duration, r: &mut Option<Duration>| {
-        *r = Some(r.map_or(d, |x| x.min(d)));
-    };
-
-    // startTime: set when the Job first runs, reset when it is resumed.
-    if st.start_time.is_none() && !suspended {
-        st.start_time = Some(now_t.clone());
+    let plan = plan(Observed {
+        spec: &spec,
+        old: &old,
+        active,
+        succeeded,
+        failed,
+        succeeded_indexes: &census.succeeded_indexes,
+        now,
+        now_t: now_t.clone(),
+        backoff_wait: failure_backoff(ctx, uid, failed, now),
+    });
+    if let Some(c) = &plan.finishing
+        && condition_true(&old, &c.type_).is_none()
+    {
+        info!(job = %key(job), condition = %c.type_, reason = ?c.reason, "job finishing");
     }
-
-    // A decision already taken (interim condition) stands.
-    let mut finishing: Option<JobCondition> = condition_true(&old, "FailureTarget")
-        .or_else(|| condition_true(&old, "SuccessCriteriaMet"));
-    if finishing.is_none() {
-        let past_restarts = on_failure && {
-            let r = restarts(&active);
-            if backoff_limit == 0 {
-                r > 0
-            } else {
-                r >= backoff_limit
-            }
-        };
-        let deadline = spec.active_deadline_seconds.and_then(|ads| {
-            let start = st.start_time.as_ref()?.0.as_second();
-            Some(start.saturating_add(ads))
-        });
-        let complete = match indexed {
-            Some(n) => count(census.succeeded_indexes.len()) >= n,
-            None => match spec.completions {
-                Some(n) => succeeded >= n && active.is_empty(),
-                None => succeeded > 0 && active.is_empty(),
-            },
-        };
-        if failed > backoff_limit || past_restarts {
-            set_condition(
-                &mut st,
-                "FailureTarget",
-                "True",
-                "BackoffLimitExceeded",
-                "Job has reached the specified backoff limit",
-                &now_t,
-            );
-        } else if !suspended && deadline.is_some_and(|d| now >= d) {
-            set_condition(
-                &mut st,
-                "FailureTarget",
-                "True",
-                "DeadlineExceeded",
-                "Job was active longer than specified deadline",
-                &now_t,
-            );
-        } else if complete {
-            set_condition(
-                &mut st,
-                "SuccessCriteriaMet",
-                "True",
-                "CompletionsReached",
-                "Reached expected number of succeeded pods",
-                &now_t,
-            );
-        } else if let Some(d) = deadline.filter(|_| !suspended) {
-            requeue_at(
-                Duration::from_secs(u64::try_from(d - now).unwrap_or(0)),
-                &mut requeue,
-            );
-        }
-        finishing = condition_true(&st, "FailureTarget")
-            .or_else(|| condition_true(&st, "SuccessCriteriaMet"));
-        if let Some(c) = &finishing {
-            info!(job = %key(job), condition = %c.type_, reason = ?c.reason, "job finishing");
-            if c.type_ == "FailureTarget" {
-                let reason = c.reason.clone().unwrap_or_default();
-                let message = c.message.clone().unwrap_or_default();
-                event(ctx, job, "Warning", &reason, &message).await;
-            }
-        }
+    for (kind, reason, message) in &plan.events {
+        event(ctx, job, kind, reason, message).await;
     }
-
-    if finishing.is_some() {
-        // Whatever still runs is stopped; it counts as failed once it is gone.
-        terminating += delete_pods(ctx, job, &active, true).await?;
-        active.clear();
-    } else if suspended {
-        if condition_true(&old, "Suspended").is_none() {
-            event(ctx, job, "Normal", "Suspended", "Job suspended").await;
-        }
-        terminating += delete_pods(ctx, job, &active, false).await?;
-        active.clear();
-        set_condition(
-            &mut st,
-            "Suspended",
-            "True",
-            "JobSuspended",
-            "Job suspended",
-            &now_t,
-        );
-    } else {
-        if condition_true(&old, "Suspended").is_some() {
-            event(ctx, job, "Normal", "Resumed", "Job resumed").await;
-            set_condition(
-                &mut st,
-                "Suspended",
-                "False",
-                "JobResumed",
-                "Job resumed",
-                &now_t,
-            );
-            // The active deadline counts from the resume.
-            st.start_time = Some(now_t.clone());
-        }
-        let want = match (indexed, spec.completions) {
-            (Some(_), _) => parallelism,
-            (None, Some(n)) => (n - succeeded).clamp(0, parallelism),
-            (None, None) if succeeded > 0 => count(active.len()),
-            (None, None) => parallelism,
-        };
-        let have = count(active.len());
-        if have > want {
-            // Not ready first, then the newest.
-            active.sort_by_key(|p| {
-                (
-                    is_pod_ready(p),
-                    std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)),
-                )
-            });
-            let extra: Vec<Pod> = active
-                .drain(..usize::try_from(have - want).unwrap_or(0))
-                .collect();
-            terminating += delete_pods(ctx, job, &extra, false).await?;
-        } else if have < want {
-            let wait = failure_backoff(ctx, uid, failed, now);
-            if wait.is_zero() {
-                let indexes = match indexed {
-                    Some(n) => free_indexes(n, &census.succeeded_indexes, &active, want - have),
-                    None => Vec::new(),
-                };
-                let n = usize::try_from(want - have).unwrap_or(0).min(MAX_CREATE);
-                let created = create_pods(ctx, job, uid, n, indexed.map(|_| indexes)).await?;
-                active.extend(created);
-            } else {
-                requeue_at(wait, &mut requeue);
-            }
-        }
+    let mut st = plan.status;
+    let mut active = plan.active;
+    let terminating = census.terminating
+        + delete_pods(ctx, job, &plan.delete, plan.delete_counts_as_failed).await?;
+    if let Some((n, indexes)) = plan.create {
+        active.extend(create_pods(ctx, job, uid, n, indexes).await?);
     }
 
     st.active = Some(count(active.len()));
@@ -698,42 +774,17 @@ async fn sync(
 
     // 2. Release them, 3. and count them.
     if !uncounted.is_empty() {
-        let release: Vec<Pod> = pods
-            .iter()
-            .filter(|p| {
-                has_tracking_finalizer(p) && uncounted.contains(&p.uid().unwrap_or_default())
-            })
-            .cloned()
-            .collect();
-        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(release)
-            .map(|p| {
-                let client = ctx.client.clone();
-                async move {
-                    remove_finalizer(&client, &p).await?;
-                    if let (Some(uid), Ok(mut r)) = (p.uid(), ctx.released.lock()) {
-                        r.insert(uid, ctx.config.clock.instant());
-                    }
-                    Ok(())
-                }
-            })
-            .buffer_unordered(CREATE_CONCURRENCY)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<(), _>>()?;
+        release_counted(ctx, &pods, &uncounted).await?;
         st.succeeded = Some(st.succeeded.unwrap_or(0) + count(uncounted.succeeded.len()));
         st.failed = Some(st.failed.unwrap_or(0) + count(uncounted.failed.len()));
         uncounted = Uncounted::default();
         st.uncounted_terminated_pods = Some(uncounted.to_status());
     }
-    if st.succeeded.is_none() {
-        st.succeeded = Some(0);
-    }
-    if st.failed.is_none() {
-        st.failed = Some(0);
-    }
+    st.succeeded.get_or_insert(0);
+    st.failed.get_or_insert(0);
 
     // 4. The terminal condition, once nothing runs or terminates any more.
-    if let Some(c) = &finishing
+    if let Some(c) = &plan.finishing
         && active.is_empty()
         && terminating == 0
     {
@@ -755,10 +806,36 @@ async fn sync(
         // The TTL pass runs on the status event.
         return Ok(Action::await_change());
     }
-    Ok(match requeue {
+    Ok(match plan.requeue {
         Some(d) => Action::requeue(d.min(ctx.config.workload_recheck)),
         None => Action::await_change(),
     })
+}
+
+/// Removes the tracking finalizer of the `pods` recorded in `uncounted`, remembering each
+/// release until a list shows it.
+async fn release_counted(ctx: &Context, pods: &[Pod], uncounted: &Uncounted) -> Result<(), Error> {
+    let release: Vec<Pod> = pods
+        .iter()
+        .filter(|p| has_tracking_finalizer(p) && uncounted.contains(&p.uid().unwrap_or_default()))
+        .cloned()
+        .collect();
+    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(release)
+        .map(|p| {
+            let client = ctx.client.clone();
+            async move {
+                remove_finalizer(&client, &p).await?;
+                if let (Some(uid), Ok(mut r)) = (p.uid(), ctx.released.lock()) {
+                    r.insert(uid, ctx.config.clock.instant());
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<(), _>>()?;
+    Ok(())
 }
 
 /// Reconciles a list of a Job's pods with what this controller wrote: a pod it released
@@ -1026,6 +1103,234 @@ fn format_indexes(set: &BTreeSet<i32>, n: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn time(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn running(name: &str, ready: bool, created: i64) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "uid": name,
+                         "creationTimestamp": time(created)},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+        .unwrap()
+    }
+
+    /// One plan: `spec` and `status` as JSON, the active pods, succeeded and failed counts,
+    /// the back-off left (seconds), at clock second 1000.
+    fn plan_of(
+        spec: serde_json::Value,
+        status: serde_json::Value,
+        active: Vec<Pod>,
+        (succeeded, failed): (i32, i32),
+        backoff: u64,
+    ) -> Plan {
+        let mut spec = spec;
+        spec["template"] = json!({"spec": {"containers": [], "restartPolicy": "Never"}});
+        let spec: JobSpec = serde_json::from_value(spec).unwrap();
+        let old: JobStatus = serde_json::from_value(status).unwrap();
+        let done = BTreeSet::new();
+        plan(Observed {
+            spec: &spec,
+            old: &old,
+            active,
+            succeeded,
+            failed,
+            succeeded_indexes: &done,
+            now: 1000,
+            now_t: time(1000),
+            backoff_wait: Duration::from_secs(backoff),
+        })
+    }
+
+    fn names(pods: &[Pod]) -> Vec<String> {
+        pods.iter().map(kube::ResourceExt::name_any).collect()
+    }
+
+    fn conditions(p: &Plan) -> Vec<(String, String, String)> {
+        p.status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_starts_finishes_and_scales_as_upstream() {
+        struct Case {
+            what: &'static str,
+            spec: serde_json::Value,
+            status: serde_json::Value,
+            active: Vec<Pod>,
+            counts: (i32, i32),
+            backoff: u64,
+            create: Option<usize>,
+            delete: &'static [&'static str],
+            counts_as_failed: bool,
+            conditions: &'static [(&'static str, &'static str, &'static str)],
+            events: &'static [&'static str],
+            requeue: Option<u64>,
+        }
+        let base = |what| Case {
+            what,
+            spec: json!({"parallelism": 2, "completions": 3}),
+            status: json!({}),
+            active: vec![],
+            counts: (0, 0),
+            backoff: 0,
+            create: None,
+            delete: &[],
+            counts_as_failed: false,
+            conditions: &[],
+            events: &[],
+            requeue: None,
+        };
+        let started = json!({"startTime": time(900)});
+        let cases = [
+            Case {
+                create: Some(2),
+                ..base("a new Job starts parallelism pods")
+            },
+            Case {
+                counts: (2, 0),
+                active: vec![running("a", true, 1)],
+                status: started.clone(),
+                ..base("one completion left, one running: nothing to add")
+            },
+            Case {
+                counts: (2, 0),
+                status: started.clone(),
+                create: Some(1),
+                ..base("never more than the completions left")
+            },
+            Case {
+                counts: (3, 0),
+                status: started.clone(),
+                conditions: &[("SuccessCriteriaMet", "True", "CompletionsReached")],
+                ..base("completions reached")
+            },
+            Case {
+                counts: (0, 7),
+                active: vec![running("a", true, 1)],
+                status: started.clone(),
+                delete: &["a"],
+                counts_as_failed: true,
+                conditions: &[("FailureTarget", "True", "BackoffLimitExceeded")],
+                events: &["BackoffLimitExceeded"],
+                ..base("more failures than the default back-off limit of 6")
+            },
+            Case {
+                spec: json!({"parallelism": 1, "activeDeadlineSeconds": 50}),
+                status: started.clone(),
+                active: vec![running("a", true, 1)],
+                delete: &["a"],
+                counts_as_failed: true,
+                conditions: &[("FailureTarget", "True", "DeadlineExceeded")],
+                events: &["DeadlineExceeded"],
+                ..base("past the active deadline")
+            },
+            Case {
+                spec: json!({"parallelism": 1, "activeDeadlineSeconds": 300}),
+                status: started.clone(),
+                active: vec![running("a", true, 1)],
+                requeue: Some(200),
+                ..base("before the deadline: look again when it comes")
+            },
+            Case {
+                spec: json!({"parallelism": 2, "suspend": true}),
+                status: started.clone(),
+                active: vec![running("a", true, 1), running("b", true, 2)],
+                delete: &["a", "b"],
+                conditions: &[("Suspended", "True", "JobSuspended")],
+                events: &["Suspended"],
+                ..base("suspending stops the pods uncounted")
+            },
+            Case {
+                spec: json!({"parallelism": 1}),
+                status: json!({"startTime": time(10), "conditions": [
+                    {"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}),
+                create: Some(1),
+                conditions: &[("Suspended", "False", "JobResumed")],
+                events: &["Resumed"],
+                ..base("resuming starts pods again")
+            },
+            Case {
+                spec: json!({"parallelism": 1, "completions": 5}),
+                status: started.clone(),
+                active: vec![
+                    running("old-ready", true, 1),
+                    running("new-ready", true, 3),
+                    running("not-ready", false, 2),
+                ],
+                delete: &["not-ready", "new-ready"],
+                ..base("a lower parallelism removes the not ready, then the newest")
+            },
+            Case {
+                status: started.clone(),
+                counts: (0, 2),
+                backoff: 40,
+                requeue: Some(40),
+                ..base("failures hold new pods for the back-off")
+            },
+            Case {
+                status: json!({"startTime": time(900), "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}]}),
+                active: vec![running("a", true, 1)],
+                delete: &["a"],
+                counts_as_failed: true,
+                conditions: &[("FailureTarget", "True", "BackoffLimitExceeded")],
+                ..base("a decision already taken stands, without a second event")
+            },
+        ];
+        for c in cases {
+            let p = plan_of(c.spec, c.status, c.active, c.counts, c.backoff);
+            assert_eq!(p.create.as_ref().map(|(n, _)| *n), c.create, "{}", c.what);
+            assert_eq!(names(&p.delete), c.delete, "{}", c.what);
+            if !c.delete.is_empty() {
+                assert_eq!(p.delete_counts_as_failed, c.counts_as_failed, "{}", c.what);
+            }
+            let want: Vec<_> = c
+                .conditions
+                .iter()
+                .map(|(t, s, r)| ((*t).to_owned(), (*s).to_owned(), (*r).to_owned()))
+                .collect();
+            assert_eq!(conditions(&p), want, "{}", c.what);
+            let events: Vec<&str> = p.events.iter().map(|(_, r, _)| r.as_str()).collect();
+            assert_eq!(events, c.events, "{}", c.what);
+            assert_eq!(p.requeue, c.requeue.map(Duration::from_secs), "{}", c.what);
+            assert!(p.status.start_time.is_some(), "{}", c.what);
+        }
+    }
+
+    #[test]
+    fn indexed_plan_creates_the_free_indexes() {
+        let spec: JobSpec = serde_json::from_value(json!({
+            "parallelism": 2, "completions": 4, "completionMode": "Indexed",
+            "template": {"spec": {"containers": []}}}))
+        .unwrap();
+        let done: BTreeSet<i32> = [0].into_iter().collect();
+        let p = plan(Observed {
+            spec: &spec,
+            old: &JobStatus::default(),
+            active: vec![],
+            succeeded: 1,
+            failed: 0,
+            succeeded_indexes: &done,
+            now: 1000,
+            now_t: time(1000),
+            backoff_wait: Duration::ZERO,
+        });
+        assert_eq!(p.create, Some((2, Some(vec![1, 2]))));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

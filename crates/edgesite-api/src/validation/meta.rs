@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::{FieldPath, get_list, get_map, get_str, go_label_selector};
 use crate::registry::ResourceInfo;
+use crate::selector::LabelSelector;
 use crate::status::Cause;
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
@@ -536,23 +537,13 @@ pub(crate) fn selector_is_empty(sel: &Value) -> bool {
         && get_list(sel, "matchExpressions").is_empty()
 }
 
-/// Whether `sel` (a `metav1.LabelSelector`) selects the label map `labels`.
+/// Whether `sel` (a `metav1.LabelSelector`) selects the label map `labels`. A selector that
+/// does not convert is not held against the labels: [`validate_label_selector`] reports what
+/// is wrong with it, as upstream, which checks the template only against a valid selector.
 pub(crate) fn selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
     let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    let labels_ok = get_map(sel, "matchLabels")
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| get(k) == v.as_str());
-    let exprs_ok = get_list(sel, "matchExpressions").iter().all(|e| {
-        let key = get_str(e, "key").unwrap_or_default();
-        let in_values = |x: &str| get_list(e, "values").iter().any(|v| v.as_str() == Some(x));
-        match get_str(e, "operator").unwrap_or_default() {
-            "In" => get(key).is_some_and(in_values),
-            "NotIn" => get(key).is_none_or(|x| !in_values(x)),
-            "Exists" => get(key).is_some(),
-            "DoesNotExist" => get(key).is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+    match LabelSelector::from_metav1(sel) {
+        Ok(selector) => selector.matches_with(get),
+        Err(_) => true,
+    }
 }

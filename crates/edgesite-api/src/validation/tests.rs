@@ -195,6 +195,43 @@ fn invalid_status_renders_like_upstream() {
     );
 }
 
+#[test]
+fn template_labels_are_checked_against_valid_selectors_only() {
+    let r = res("apps", "deployments");
+    let expr = |op: &str, values: Value| json!({"matchExpressions": [{"key": "app", "operator": op, "values": values}]});
+    let cases = [
+        (
+            expr("In", json!(["web", "api"])),
+            json!({"app": "web"}),
+            vec![],
+        ),
+        (
+            expr("NotIn", json!(["web"])),
+            json!({"app": "web"}),
+            vec![("spec.template.metadata.labels", "FieldValueInvalid")],
+        ),
+        (expr("Exists", json!([])), json!({"app": "x"}), vec![]),
+        (
+            expr("DoesNotExist", json!([])),
+            json!({"app": "x"}),
+            vec![("spec.template.metadata.labels", "FieldValueInvalid")],
+        ),
+        // An operator that does not exist is reported once, on the operator.
+        (
+            expr("Bogus", json!(["web"])),
+            json!({"app": "web"}),
+            vec![(
+                "spec.selector.matchExpressions[0].operator",
+                "FieldValueInvalid",
+            )],
+        ),
+    ];
+    for (selector, labels, want) in cases {
+        let (_, errs) = create(r, deployment(selector.clone(), labels));
+        assert_eq!(fields(&errs), want, "{selector}");
+    }
+}
+
 // ---- pods ----
 
 #[test]

@@ -14,6 +14,7 @@ use edgesite_api::status::{ApiError, Cause};
 use serde_json::{Value, json};
 
 use super::{Ctx, body, create_object, fv, get_kv, json_response, update_loop};
+use crate::handlers::target::Subresource;
 use crate::storage::meta_str;
 
 /// The media type of apply patches.
@@ -54,13 +55,13 @@ fn field_manager<'s>(
     ctx: &Ctx,
     r: &ResourceInfo,
     schema: &'s dyn ApplySchema,
-    subresource: Option<&str>,
+    subresource: Option<Subresource>,
 ) -> FieldManager<'s> {
     let fm = FieldManager::new(schema)
         .at_time(&ctx.state.clock.rfc3339())
         .ignore_status(r.subresource("status").is_some());
     match subresource {
-        Some(sub) => fm.subresource(sub),
+        Some(sub) => fm.subresource(sub.as_str()),
         None => fm,
     }
 }
@@ -80,7 +81,7 @@ pub(super) fn record_update(ctx: &Ctx, current: &Value, new: &mut Value, status_
         return;
     };
     let schema = schema_for(ctx.r);
-    let sub = status_sub.then_some("status");
+    let sub = status_sub.then_some(Subresource::Status);
     field_manager(ctx, ctx.r, &*schema, sub).record_update(Some(current), new, manager);
 }
 
@@ -123,7 +124,7 @@ fn parse_config(body: &[u8]) -> Result<Value, ApiError> {
 pub(super) async fn apply_patch(
     ctx: &Ctx,
     name: &str,
-    subresource: Option<&str>,
+    subresource: Option<Subresource>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let manager = match ctx.param("fieldManager") {

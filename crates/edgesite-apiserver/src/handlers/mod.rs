@@ -11,6 +11,7 @@ mod pods;
 pub mod resources;
 mod reviews;
 mod scale;
+pub mod target;
 mod watch;
 
 use std::sync::Arc;
@@ -148,14 +149,16 @@ async fn authenticate_and_authorize(
         None if is_public_info_path(&path) => Identity::anonymous(),
         None => return status_response(&ApiError::unauthorized()),
     };
-    let target = resources::parse_path(&path);
+    let target = target::parse_path(&path);
     let (verb, resource) = match &target {
         Some(Some(t)) => (
-            t.verb(&method, req.uri().query()).to_owned(),
+            t.verb(&method, req.uri().query())
+                .map_or("unknown", target::Verb::as_str)
+                .to_owned(),
             Some(ResourceAttributes {
                 api_group: t.resource.group.to_owned(),
                 resource: t.resource.plural.to_owned(),
-                subresource: t.subresource.clone(),
+                subresource: t.subresource.map(|s| s.as_str().to_owned()),
                 namespace: t.namespace.clone(),
                 name: t.name.clone(),
             }),
@@ -194,7 +197,7 @@ async fn authenticate_and_authorize(
 }
 
 async fn resource_or_not_found(State(state): State<Arc<ApiState>>, req: Request) -> Response {
-    match req.extensions().get::<resources::Target>().cloned() {
+    match req.extensions().get::<target::Target>().cloned() {
         Some(t) => resources::handle(state, t, req).await,
         None => not_found().await,
     }

@@ -10,19 +10,22 @@ use serde_json::{Value, json};
 
 use super::guaranteed_update::{Decide, Step, guaranteed_update};
 use super::resources::delete::{DeleteOptions, delete_object};
+use super::target::Subresource;
 use super::{ApiState, body, json_response};
 use crate::storage::{meta_str, metadata_mut};
 
-/// Whether `sub` is one of the pod actions served here.
-pub fn is_pod_action(r: &ResourceInfo, sub: Option<&str>) -> bool {
-    r.group.is_empty() && r.plural == "pods" && matches!(sub, Some("binding" | "eviction"))
+/// Whether `sub` of `r` is one of the pod actions served here.
+pub fn is_pod_action(r: &ResourceInfo, sub: Subresource) -> bool {
+    r.group.is_empty()
+        && r.plural == "pods"
+        && matches!(sub, Subresource::Binding | Subresource::Eviction)
 }
 
 /// One pod action request.
 #[derive(Debug)]
 pub struct PodAction<'a> {
     /// `binding` or `eviction`.
-    pub subresource: &'a str,
+    pub subresource: Subresource,
     /// The pod's namespace.
     pub namespace: &'a str,
     /// The pod's name.
@@ -46,7 +49,7 @@ pub async fn handle(state: &ApiState, a: PodAction<'_>) -> Result<Response, ApiE
     }
     let obj = body::decode_object(a.content_type, a.body)?;
     let (kinds, what): (&[(&str, &str)], &str) = match a.subresource {
-        "binding" => (&[("v1", "Binding")], "Binding"),
+        Subresource::Binding => (&[("v1", "Binding")], "Binding"),
         _ => (
             &[("policy/v1", "Eviction"), ("policy/v1beta1", "Eviction")],
             "Eviction",
@@ -69,7 +72,7 @@ pub async fn handle(state: &ApiState, a: PodAction<'_>) -> Result<Response, ApiE
             "name in URL does not match name in {what} object"
         )));
     }
-    if a.subresource == "binding" {
+    if a.subresource == Subresource::Binding {
         bind(state, pods, &a, &obj).await?;
     } else {
         evict(state, pods, &a, &obj).await?;

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::fieldvalidation as fv;
 use super::guaranteed_update::{Attempt, Step, TryUpdate, guaranteed_update};
+use super::target::{Subresource, Target, Verb};
 use super::{ApiState, body, json_bytes_response, json_response, status_response};
 use crate::admission::{Attributes, Operation};
 use crate::storage::{self, decode, encode, meta_str, metadata_mut, set_resource_version};
@@ -28,97 +29,6 @@ pub mod delete;
 
 #[path = "apply.rs"]
 mod apply;
-
-/// A request for a resource, parsed from its path.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The resource.
-    pub resource: &'static ResourceInfo,
-    /// The namespace of the path, if any.
-    pub namespace: Option<String>,
-    /// The object name, if any.
-    pub name: Option<String>,
-    /// The subresource, if any.
-    pub subresource: Option<String>,
-}
-
-impl Target {
-    /// The authorization verb of `method` on this target.
-    pub fn verb(&self, method: &Method, query: Option<&str>) -> &'static str {
-        let watch =
-            query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-        match (method.as_str(), self.name.is_some()) {
-            ("GET" | "HEAD", _) if watch => "watch",
-            ("GET" | "HEAD", true) => "get",
-            ("GET" | "HEAD", false) => "list",
-            ("POST", _) => "create",
-            ("PUT", _) => "update",
-            ("PATCH", _) => "patch",
-            ("DELETE", true) => "delete",
-            ("DELETE", false) => "deletecollection",
-            _ => "unknown",
-        }
-    }
-}
-
-/// Parses a resource path. `None`: not a resource path (handled elsewhere); `Some(None)`: a
-/// resource path naming nothing this server serves (404).
-pub fn parse_path(path: &str) -> Option<Option<Target>> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, version, rest) = match segs.as_slice() {
-        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
-        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
-        _ => return None,
-    };
-    if rest.iter().any(|s| s.is_empty()) {
-        return Some(None);
-    }
-    let lookup = |plural: &str| registry::lookup(group, version, plural);
-    let with_sub = |t: Target| -> Option<Target> {
-        match &t.subresource {
-            Some(s)
-                if t.resource.subresource(s).is_none()
-                    || !matches!(
-                        s.as_str(),
-                        "status" | "scale" | "finalize" | "binding" | "eviction"
-                    ) =>
-            {
-                None
-            }
-            _ => Some(t),
-        }
-    };
-    let own = |s: &&str| (*s).to_owned();
-    Some(match rest {
-        ["namespaces", ns, plural, tail @ ..]
-            if lookup(plural).is_some_and(|r| r.namespaced) && tail.len() <= 2 =>
-        {
-            with_sub(Target {
-                resource: lookup(plural)?,
-                namespace: Some((*ns).to_owned()),
-                name: tail.first().map(own),
-                subresource: tail.get(1).map(own),
-            })
-        }
-        [plural] => lookup(plural).map(|r| Target {
-            resource: r,
-            namespace: None,
-            name: None,
-            subresource: None,
-        }),
-        [plural, name, tail @ ..] if tail.len() <= 1 => {
-            lookup(plural).filter(|r| !r.namespaced).and_then(|r| {
-                with_sub(Target {
-                    resource: r,
-                    namespace: None,
-                    name: Some((*name).to_owned()),
-                    subresource: tail.first().map(own),
-                })
-            })
-        }
-        _ => None,
-    })
-}
 
 /// Serves one resource request (after authentication and authorization).
 pub async fn handle(state: Arc<ApiState>, target: Target, req: Request) -> Response {
@@ -209,36 +119,21 @@ async fn handle_inner(
         manager,
     };
     let body = body::read_body(req.into_body()).await?;
-    if target.subresource.as_deref() == Some("scale") {
-        let name = target.name.as_deref().unwrap_or_default();
-        let req = super::scale::ScaleRequest {
-            r: ctx.r,
-            ns: ctx.ns.as_deref(),
-            name,
-            method: &method,
-            content_type: &content_type,
-            body: &body,
-            dry_run: ctx.dry_run(),
-            table: ctx.table.then(|| ctx.table_options()),
-        };
-        let (status, scale) = super::scale::handle(&ctx.state, req).await?;
-        return Ok(json_response(status, &scale));
-    }
-    if super::pods::is_pod_action(ctx.r, target.subresource.as_deref()) {
-        let action = super::pods::PodAction {
-            subresource: target.subresource.as_deref().unwrap_or_default(),
-            namespace: ctx.ns.as_deref().unwrap_or_default(),
-            name: target.name.as_deref().unwrap_or_default(),
-            method: &method,
-            content_type: &content_type,
-            body: &body,
-            dry_run: ctx.dry_run(),
-        };
-        return super::pods::handle(&ctx.state, action).await;
-    }
-    let status_sub = target.subresource.is_some();
-    if target.subresource.as_deref() == Some("finalize") && method != Method::PUT {
-        return Err(ApiError::method_not_allowed(ctx.r, "this method"));
+    let w = Write {
+        content_type: &content_type,
+        body: &body,
+    };
+    match target.subresource {
+        Some(Subresource::Scale) => return scale(&ctx, &target, &method, w).await,
+        Some(sub @ (Subresource::Binding | Subresource::Eviction))
+            if super::pods::is_pod_action(ctx.r, sub) =>
+        {
+            return pod_action(&ctx, &target, sub, &method, w).await;
+        }
+        Some(Subresource::Finalize) if method != Method::PUT => {
+            return Err(ApiError::method_not_allowed(ctx.r, "this method"));
+        }
+        _ => {}
     }
     if !ctx.r.namespaced && ctx.ns.is_some() {
         return Err(ApiError::not_found(
@@ -246,139 +141,206 @@ async fn handle_inner(
             target.name.as_deref().unwrap_or(""),
         ));
     }
-    match (method, target.name) {
-        (Method::GET, None) => {
-            if ctx.flag("watch") {
-                super::watch::watch(&ctx.state, ctx.r, ctx.ns.as_deref(), &ctx.query, ctx.table)
-                    .await
-            } else {
-                list(&ctx).await
-            }
+    // HEAD and the methods no verb stands for are not served; a watch of one name is a get
+    // (clients watch one object through a list with a `metadata.name` field selector).
+    let verb = match Verb::of(&method, target.name.is_some(), ctx.flag("watch")) {
+        _ if method == Method::HEAD => None,
+        Some(Verb::Watch) if target.name.is_some() => Some(Verb::Get),
+        v => v,
+    };
+    let sub = target.subresource;
+    match (verb, target.name.as_deref()) {
+        (Some(Verb::Watch), None) => {
+            super::watch::watch(&ctx.state, ctx.r, ctx.ns.as_deref(), &ctx.query, ctx.table).await
         }
-        (Method::GET, Some(name)) => {
-            let kv = get_kv(&ctx, &name).await?;
-            let obj = decode(&kv, kv.mod_revision)?;
-            Ok(ctx.respond(StatusCode::OK, &obj))
+        (Some(Verb::List), None) => list(&ctx).await,
+        (Some(Verb::Get), Some(name)) => get(&ctx, name).await,
+        (Some(Verb::Create), None) => create(&ctx, w).await,
+        (Some(Verb::Create), Some(_)) => Err(ApiError::method_not_allowed(ctx.r, "create")),
+        (Some(Verb::Update), Some(name)) => update(&ctx, name, sub, w).await,
+        (Some(Verb::Patch), Some(name)) => patch(&ctx, name, sub, w).await,
+        (Some(Verb::Delete), Some(name)) if sub.is_none() => {
+            delete::delete(&ctx, name, w.content_type, w.body).await
         }
-        (Method::POST, None) => {
-            if ctx.r.namespaced && ctx.ns.is_none() {
-                return Err(ApiError::method_not_allowed(ctx.r, "create"));
-            }
-            let mut obj = body::decode_object(&content_type, &body)?;
-            let warnings = ctx.validate_fields(fv::Operation::Create, &mut obj)?;
-            apply::record_create(&ctx, &mut obj);
-            let created =
-                create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await?;
-            Ok(fv::with_warnings(
-                ctx.respond(StatusCode::CREATED, &created),
-                &warnings,
-            ))
+        (Some(Verb::DeleteCollection), None) => {
+            delete::delete_collection(&ctx, w.content_type, w.body).await
         }
-        (Method::PUT, Some(name)) => {
-            let mut obj = body::decode_object(&content_type, &body)?;
-            let warnings = ctx.validate_fields(fv::Operation::Update, &mut obj)?;
-            check_type(ctx.r, &mut obj)?;
-            check_namespace(ctx.r, ctx.ns.as_deref(), &mut obj)?;
-            match meta_str(&obj, "name") {
-                Some(n) if !n.is_empty() && n != name => {
-                    return Err(ApiError::bad_request(format!(
-                        "the name of the object ({n}) does not match the name on the URL ({name})"
-                    )));
-                }
-                _ => {
-                    if let Some(m) = metadata_mut(&mut obj) {
-                        m.insert("name".into(), name.clone().into());
-                    }
-                }
-            }
-            let updated = if target.subresource.as_deref() == Some("finalize") {
-                update_loop(&ctx, &name, false, |current| {
-                    Ok(delete::finalize_namespace(current, &obj))
-                })
-                .await?
-            } else {
-                update_loop(&ctx, &name, status_sub, |current| {
-                    let mut new = obj.clone();
-                    delete::keep_namespace_finalizers(current, &mut new);
-                    Ok(new)
-                })
-                .await?
-            };
-            Ok(fv::with_warnings(
-                ctx.respond(StatusCode::OK, &updated),
-                &warnings,
-            ))
-        }
-        (Method::PATCH, Some(name)) if content_type == apply::APPLY_PATCH => {
-            apply::apply_patch(&ctx, &name, target.subresource.as_deref(), &body).await
-        }
-        (Method::PATCH, Some(name)) => {
-            enum Kind {
-                Json,
-                Merge,
-                Strategic,
-            }
-            let kind = match content_type.as_str() {
-                "application/json-patch+json" => Kind::Json,
-                "application/merge-patch+json" => Kind::Merge,
-                "application/strategic-merge-patch+json" => Kind::Strategic,
-                _ => {
-                    return Err(ApiError::unsupported_media_type(&[
-                        "application/json-patch+json",
-                        "application/merge-patch+json",
-                        "application/strategic-merge-patch+json",
-                        apply::APPLY_PATCH,
-                    ]));
-                }
-            };
-            let parsed: Option<Value> = match kind {
-                Kind::Json => None,
-                _ => Some(
-                    serde_json::from_slice(&body)
-                        .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?,
-                ),
-            };
-            let schema = OpenApi::get().kind_schema(ctx.r.group, ctx.r.version, ctx.r.kind);
-            let mut warnings = Vec::new();
-            let updated = update_loop(&ctx, &name, status_sub, |current| {
-                let mut out = match (&kind, &parsed, &schema) {
-                    (Kind::Json, _, _) => patch::json_patch(current, &body)?,
-                    (Kind::Merge, Some(p), _) => patch::merge_patch(current, p)?,
-                    (_, Some(p), Some(s)) => patch::strategic_merge_patch(current, p, s)?,
-                    (_, Some(p), None) => {
-                        patch::strategic_merge_patch(current, p, &KnownMergeKeys)?
-                    }
-                    _ => return Err(ApiError::internal("no patch")),
-                };
-                warnings = ctx.validate_fields(fv::Operation::Patch, &mut out)?;
-                check_type(ctx.r, &mut out)?;
-                delete::keep_namespace_finalizers(current, &mut out);
-                if meta_str(&out, "name") != meta_str(current, "name") {
-                    return Err(ApiError::bad_request(
-                        "the name of an object cannot be patched",
-                    ));
-                }
-                Ok(out)
-            })
-            .await?;
-            Ok(fv::with_warnings(
-                ctx.respond(StatusCode::OK, &updated),
-                &warnings,
-            ))
-        }
-        (Method::DELETE, Some(name)) if !status_sub => {
-            delete::delete(&ctx, &name, &content_type, &body).await
-        }
-        (Method::DELETE, None) => delete::delete_collection(&ctx, &content_type, &body).await,
-        (m, name) => Err(ApiError::method_not_allowed(
-            ctx.r,
-            match (m.as_str(), name.is_some()) {
-                ("DELETE", false) => "deletecollection",
-                ("POST", true) => "create",
-                _ => "this method",
-            },
-        )),
+        _ => Err(ApiError::method_not_allowed(ctx.r, "this method")),
     }
+}
+
+/// A request's body and its media type.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    content_type: &'a str,
+    body: &'a [u8],
+}
+
+/// `scale`: read or write a workload's replica count through an `autoscaling/v1` Scale.
+async fn scale(
+    ctx: &Ctx,
+    target: &Target,
+    method: &Method,
+    w: Write<'_>,
+) -> Result<Response, ApiError> {
+    let req = super::scale::ScaleRequest {
+        r: ctx.r,
+        ns: ctx.ns.as_deref(),
+        name: target.name.as_deref().unwrap_or_default(),
+        method,
+        content_type: w.content_type,
+        body: w.body,
+        dry_run: ctx.dry_run(),
+        table: ctx.table.then(|| ctx.table_options()),
+    };
+    let (status, scale) = super::scale::handle(&ctx.state, req).await?;
+    Ok(json_response(status, &scale))
+}
+
+/// `binding` and `eviction` of a pod.
+async fn pod_action(
+    ctx: &Ctx,
+    target: &Target,
+    subresource: Subresource,
+    method: &Method,
+    w: Write<'_>,
+) -> Result<Response, ApiError> {
+    let action = super::pods::PodAction {
+        subresource,
+        namespace: ctx.ns.as_deref().unwrap_or_default(),
+        name: target.name.as_deref().unwrap_or_default(),
+        method,
+        content_type: w.content_type,
+        body: w.body,
+        dry_run: ctx.dry_run(),
+    };
+    super::pods::handle(&ctx.state, action).await
+}
+
+/// GET of one object, read from the store (one key, so always current).
+async fn get(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
+    let kv = get_kv(ctx, name).await?;
+    let obj = decode(&kv, kv.mod_revision)?;
+    Ok(ctx.respond(StatusCode::OK, &obj))
+}
+
+/// POST to a collection.
+async fn create(ctx: &Ctx, w: Write<'_>) -> Result<Response, ApiError> {
+    if ctx.r.namespaced && ctx.ns.is_none() {
+        return Err(ApiError::method_not_allowed(ctx.r, "create"));
+    }
+    let mut obj = body::decode_object(w.content_type, w.body)?;
+    let warnings = ctx.validate_fields(fv::Operation::Create, &mut obj)?;
+    apply::record_create(ctx, &mut obj);
+    let created = create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await?;
+    Ok(fv::with_warnings(
+        ctx.respond(StatusCode::CREATED, &created),
+        &warnings,
+    ))
+}
+
+/// PUT of an object, its `status` or a namespace's `finalize`.
+async fn update(
+    ctx: &Ctx,
+    name: &str,
+    sub: Option<Subresource>,
+    w: Write<'_>,
+) -> Result<Response, ApiError> {
+    let mut obj = body::decode_object(w.content_type, w.body)?;
+    let warnings = ctx.validate_fields(fv::Operation::Update, &mut obj)?;
+    check_type(ctx.r, &mut obj)?;
+    check_namespace(ctx.r, ctx.ns.as_deref(), &mut obj)?;
+    match meta_str(&obj, "name") {
+        Some(n) if !n.is_empty() && n != name => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        _ => {
+            if let Some(m) = metadata_mut(&mut obj) {
+                m.insert("name".into(), name.into());
+            }
+        }
+    }
+    let updated = if sub == Some(Subresource::Finalize) {
+        update_loop(ctx, name, false, |current| {
+            Ok(delete::finalize_namespace(current, &obj))
+        })
+        .await?
+    } else {
+        update_loop(ctx, name, sub.is_some(), |current| {
+            let mut new = obj.clone();
+            delete::keep_namespace_finalizers(current, &mut new);
+            Ok(new)
+        })
+        .await?
+    };
+    Ok(fv::with_warnings(
+        ctx.respond(StatusCode::OK, &updated),
+        &warnings,
+    ))
+}
+
+/// The patch formats besides server-side apply.
+enum PatchKind {
+    Json,
+    Merge,
+    Strategic,
+}
+
+/// PATCH of an object or its `status`: a JSON, merge or strategic merge patch, or an apply.
+async fn patch(
+    ctx: &Ctx,
+    name: &str,
+    sub: Option<Subresource>,
+    w: Write<'_>,
+) -> Result<Response, ApiError> {
+    let kind = match w.content_type {
+        apply::APPLY_PATCH => return apply::apply_patch(ctx, name, sub, w.body).await,
+        "application/json-patch+json" => PatchKind::Json,
+        "application/merge-patch+json" => PatchKind::Merge,
+        "application/strategic-merge-patch+json" => PatchKind::Strategic,
+        _ => {
+            return Err(ApiError::unsupported_media_type(&[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+                apply::APPLY_PATCH,
+            ]));
+        }
+    };
+    let parsed: Option<Value> = match kind {
+        PatchKind::Json => None,
+        _ => Some(
+            serde_json::from_slice(w.body)
+                .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?,
+        ),
+    };
+    let schema = OpenApi::get().kind_schema(ctx.r.group, ctx.r.version, ctx.r.kind);
+    let mut warnings = Vec::new();
+    let updated = update_loop(ctx, name, sub.is_some(), |current| {
+        let mut out = match (&kind, &parsed, &schema) {
+            (PatchKind::Json, _, _) => patch::json_patch(current, w.body)?,
+            (PatchKind::Merge, Some(p), _) => patch::merge_patch(current, p)?,
+            (_, Some(p), Some(s)) => patch::strategic_merge_patch(current, p, s)?,
+            (_, Some(p), None) => patch::strategic_merge_patch(current, p, &KnownMergeKeys)?,
+            _ => return Err(ApiError::internal("no patch")),
+        };
+        warnings = ctx.validate_fields(fv::Operation::Patch, &mut out)?;
+        check_type(ctx.r, &mut out)?;
+        delete::keep_namespace_finalizers(current, &mut out);
+        if meta_str(&out, "name") != meta_str(current, "name") {
+            return Err(ApiError::bad_request(
+                "the name of an object cannot be patched",
+            ));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(fv::with_warnings(
+        ctx.respond(StatusCode::OK, &updated),
+        &warnings,
+    ))
 }
 
 /// `apiVersion` and `kind` must match the resource (filled in when absent).

@@ -11,7 +11,8 @@ use edgesite_api::registry::ResourceInfo;
 use edgesite_api::status::{ApiError, Cause};
 use serde_json::{Map, Value, json};
 
-use super::resources::{Target, check_type};
+use super::resources::check_type;
+use super::target::Target;
 use super::{ApiState, body, json_response, status_response};
 use crate::authn::Identity;
 use crate::authz::{Decision, RequestAttributes, ResourceAttributes};

@@ -26,6 +26,8 @@ pub struct Cluster {
     pub server: Server,
     /// The admin client, over HTTPS.
     pub client: Client,
+    /// The controllers' clock, which the hollow nodes report their times from too.
+    clock: std::sync::Arc<dyn edgesite_clock::Clock>,
     stop: oneshot::Sender<()>,
     controllers: JoinHandle<()>,
 }
@@ -52,6 +54,7 @@ impl Cluster {
         }
         let in_process =
             server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
+        let clock = config.clock.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let controllers = tokio::spawn(edgesite_controllers::run_all(
             in_process,
@@ -70,6 +73,7 @@ impl Cluster {
             dir,
             server,
             client,
+            clock,
             stop,
             controllers,
         })
@@ -85,6 +89,9 @@ impl Cluster {
     ) -> Result<HollowNodes> {
         let mut config = edgesite_sim::SimConfig::new(n, prefix);
         config.heartbeat = heartbeat;
+        // One clock for the cluster: a heartbeat the controllers see is stamped with their
+        // own time, however far a test moved it.
+        config.clock = self.clock.clone();
         let client = self.client.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
