@@ -254,6 +254,15 @@ fn owner_uid(kv: &KeyValue) -> String {
         .unwrap_or_default()
 }
 
+/// Whether the allocation `kv` belongs to `svc` (by uid).
+fn held_by(kv: &KeyValue, svc: &Value) -> Take {
+    if owner_uid(kv) == meta_str(svc, "uid").unwrap_or_default() {
+        Take::Ours
+    } else {
+        Take::Busy
+    }
+}
+
 fn allocated_at(kv: &KeyValue) -> i64 {
     serde_json::from_slice::<Value>(&kv.value)
         .ok()
@@ -310,37 +319,29 @@ impl ServiceAllocator {
 
     /// Tries to take `key` for `svc` (`dry_run`: only looks whether it is free).
     async fn take(&self, key: &str, svc: &Value, dry_run: bool) -> Result<Take, ApiError> {
-        let uid = meta_str(svc, "uid").unwrap_or_default();
-        let held_by = |kv: &KeyValue| {
-            if owner_uid(kv) == uid {
-                Take::Ours
-            } else {
-                Take::Busy
-            }
-        };
         if dry_run {
             let kv = self
                 .store
                 .get(key.as_bytes())
                 .await
                 .map_err(storage::store_error)?;
-            return Ok(kv.as_ref().map_or(Take::Taken, held_by));
+            return Ok(kv.as_ref().map_or(Take::Taken, |kv| held_by(kv, svc)));
         }
-        match self
-            .store
-            .create(
-                key.as_bytes(),
-                owner_value(svc, self.clock.unix_seconds()),
-                0,
-            )
-            .await
-        {
-            Ok(_) => Ok(Take::Taken),
-            Err(StoreError::AlreadyExists { current, .. }) => Ok(held_by(&current)),
-            // Deleted between the compare and the read: it was just released; count it busy
-            // rather than retry in a loop.
-            Err(StoreError::Conflict { .. }) => Ok(Take::Busy),
-            Err(e) => Err(storage::store_error(e)),
+        // Deleted between the compare and the read: it was just released; count it busy
+        // rather than retry in a loop.
+        let claimed = self.claim(key, svc).await.map_err(storage::store_error)?;
+        Ok(claimed.unwrap_or(Take::Busy))
+    }
+
+    /// Creates `key` for `svc` unless it exists: `Taken` when this created it, `Ours` or
+    /// `Busy` by who holds it, `None` when it went away between the compare and the read.
+    async fn claim(&self, key: &str, svc: &Value) -> Result<Option<Take>, StoreError> {
+        let value = owner_value(svc, self.clock.unix_seconds());
+        match self.store.create(key.as_bytes(), value, 0).await {
+            Ok(_) => Ok(Some(Take::Taken)),
+            Err(StoreError::AlreadyExists { current, .. }) => Ok(Some(held_by(&current, svc))),
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -786,28 +787,17 @@ impl ServiceAllocator {
         }
         for (key, uid) in &holders {
             let Some(svc) = owners.get(uid) else { continue };
-            match self
-                .store
-                .create(
-                    key.as_bytes(),
-                    owner_value(svc, self.clock.unix_seconds()),
-                    0,
-                )
-                .await
-            {
-                Ok(_) => {
+            match self.claim(key, svc).await? {
+                Some(Take::Taken) => {
                     report.marked += 1;
                     info!(%key, service = meta_str(svc, "name").unwrap_or_default(), "repair: marked a service allocation that had no key");
                 }
-                Err(StoreError::AlreadyExists { current, .. }) => {
-                    if owner_uid(&current) != *uid {
-                        report.conflicts += 1;
-                        warn!(%key, service = meta_str(svc, "name").unwrap_or_default(),
-                            "repair: a service holds a value allocated to another service");
-                    }
+                Some(Take::Busy) => {
+                    report.conflicts += 1;
+                    warn!(%key, service = meta_str(svc, "name").unwrap_or_default(),
+                        "repair: a service holds a value allocated to another service");
                 }
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e),
+                Some(Take::Ours) | None => {}
             }
         }
         let now = self.clock.unix_seconds();

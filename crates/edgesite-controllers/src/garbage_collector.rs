@@ -1,4 +1,5 @@
-//! The garbage collector: watches every resource, keeps a graph of `ownerReferences` keyed by
+//! The garbage collector: watches every resource (through the shared informers where there
+//! is one), keeps a graph of `ownerReferences` keyed by
 //! uid, and
 //! - deletes an object once none of its owners exists any more (an owner whose uid no longer
 //!   matches counts as gone), in the background; owners that still exist are kept and the
@@ -12,8 +13,10 @@
 //! so a graph that is still filling up after a restart never causes a deletion.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use edgesite_api::registry::{self, ResourceInfo};
+use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
@@ -25,6 +28,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::Error;
+use crate::informers::{Informer, Informers, Watched};
 use crate::queue::{self, WorkQueue};
 use crate::resources::{dynamic_api, watchable};
 
@@ -184,14 +188,22 @@ struct Collector {
     queue: WorkQueue<String>,
 }
 
-/// Runs the garbage collector until the returned future is dropped.
-pub async fn run(client: Client) {
+/// Runs the garbage collector until the returned future is dropped. The resources `inf`
+/// shares (pods, nodes, namespaces, services) come from its informers; every other one from
+/// a watch of its own.
+pub async fn run(client: Client, inf: &Informers) {
     let resources: Vec<&'static ResourceInfo> = watchable().collect();
     let streams = resources.iter().enumerate().map(|(i, r)| {
-        watcher(dynamic_api(&client, r, None), watcher::Config::default())
-            .default_backoff()
-            .map(move |e| (i, e))
-            .boxed()
+        let events = match (r.group, r.plural) {
+            ("", "pods") => shared(&inf.pods),
+            ("", "nodes") => shared(&inf.nodes),
+            ("", "namespaces") => shared(&inf.namespaces),
+            ("", "services") => shared(&inf.services),
+            _ => watcher(dynamic_api(&client, r, None), watcher::Config::default())
+                .default_backoff()
+                .boxed(),
+        };
+        events.map(move |e| (i, e)).boxed()
     });
     let mut events = futures::stream::select_all(streams);
     let mut gc = Collector {
@@ -217,6 +229,30 @@ pub async fn run(client: Client) {
         }
         gc.work().await;
     }
+}
+
+type WatchEvents = BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>>;
+
+/// The events of a shared informer, as a metadata-only watch would give them: the graph reads
+/// nothing but metadata.
+fn shared<K: Watched>(informer: &Informer<K>) -> WatchEvents {
+    let meta = |k: Arc<K>| DynamicObject {
+        types: None,
+        metadata: k.meta().clone(),
+        data: Value::Null,
+    };
+    informer
+        .events()
+        .map(move |ev| {
+            Ok(match ev {
+                watcher::Event::Apply(o) => watcher::Event::Apply(meta(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(meta(o)),
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(meta(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            })
+        })
+        .boxed()
 }
 
 impl Collector {

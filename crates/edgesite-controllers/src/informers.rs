@@ -221,13 +221,16 @@ pub fn owned<K: Clone>(ev: Event<Arc<K>>) -> Event<K> {
 /// resources several of them watch.
 #[derive(Debug, Clone)]
 pub struct Informers {
-    /// Every Pod: the scheduler, the workload controllers, endpoints and endpoint slices.
+    /// Every Pod: the scheduler, the workload controllers, endpoints and endpoint slices, the
+    /// garbage collector.
     pub pods: Arc<Informer<Pod>>,
-    /// Every Node: the scheduler, the DaemonSet and node lifecycle controllers.
+    /// Every Node: the scheduler, the DaemonSet and node lifecycle controllers, the garbage
+    /// collector.
     pub nodes: Arc<Informer<Node>>,
-    /// Every Namespace: the namespace, service account and root CA controllers.
+    /// Every Namespace: the namespace, service account and root CA controllers, the garbage
+    /// collector.
     pub namespaces: Arc<Informer<Namespace>>,
-    /// Every Service: the endpoints and endpoint slice controllers.
+    /// Every Service: the endpoints and endpoint slice controllers, the garbage collector.
     pub services: Arc<Informer<Service>>,
 }
 

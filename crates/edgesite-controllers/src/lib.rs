@@ -181,7 +181,9 @@ fn controllers(
         task!("node-lifecycle", |c, cfg, i| node_lifecycle::run(
             c, cfg, &i
         )),
-        task!("garbage-collector", |c, _cfg, _i| garbage_collector::run(c)),
+        task!("garbage-collector", |c, _cfg, i| garbage_collector::run(
+            c, &i
+        )),
         task!("replicaset", |c, cfg, i| replicaset::run(c, cfg, &i)),
         task!("deployment", |c, cfg, _i| deployment::run(c, cfg)),
         task!("daemonset", |c, cfg, i| daemonset::run(c, cfg, &i)),

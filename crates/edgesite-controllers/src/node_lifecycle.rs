@@ -20,7 +20,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgesite_api::predicates::{TolerationTime, toleration_time};
+use edgesite_api::predicates::{
+    TolerationTime, node_condition, node_ready_status, toleration_time,
+};
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
@@ -329,7 +331,7 @@ impl NodeLifecycle {
 
     /// Notes a heartbeat if the node's `Ready` heartbeat time changed since last seen.
     fn observe(&mut self, node: &Node) {
-        let heartbeat = condition(node, "Ready").and_then(|c| c.last_heartbeat_time.clone());
+        let heartbeat = node_condition(node, "Ready").and_then(|c| c.last_heartbeat_time.clone());
         let now = self.now();
         match self.health.get_mut(&node.name_any()) {
             Some(h) if h.heartbeat == heartbeat => {}
@@ -392,13 +394,13 @@ impl NodeLifecycle {
         };
         if let Some(taints) = wanted_taints(node, now) {
             let updated = self.patch_taints(node, taints).await?;
-            info!(node = %name, ready = ?ready_status(&updated), "node taints updated");
+            info!(node = %name, ready = ?node_ready_status(&updated), "node taints updated");
             self.nodes.insert(name.to_owned(), updated);
         }
         let Some(node) = self.nodes.get(name).cloned() else {
             return Ok(());
         };
-        if pods && matches!(ready_status(&node), Some("Unknown" | "False")) {
+        if pods && matches!(node_ready_status(&node), Some("Unknown" | "False")) {
             self.handle_pods(&node, now).await?;
         }
         Ok(())
@@ -438,7 +440,7 @@ impl NodeLifecycle {
         let list = pods
             .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
             .await?;
-        let unknown = ready_status(node) == Some("Unknown");
+        let unknown = node_ready_status(node) == Some("Unknown");
         let autonomy = node_autonomy(node, self.config.node_autonomy);
         let no_execute = node_taints(node)
             .into_iter()
@@ -608,20 +610,6 @@ fn rfc3339(t: SystemTime) -> String {
     time(t).0.to_string()
 }
 
-fn condition<'a>(node: &'a Node, kind: &str) -> Option<&'a NodeCondition> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == kind)
-}
-
-/// The `Ready` condition's status (`True`, `False`, `Unknown`), if the node has one.
-fn ready_status(node: &Node) -> Option<&str> {
-    condition(node, "Ready").map(|c| c.status.as_str())
-}
-
 fn node_taints(node: &Node) -> Vec<Taint> {
     node.spec
         .as_ref()
@@ -677,7 +665,7 @@ fn unknown_conditions(node: &Node, now: SystemTime) -> Option<Vec<Value>> {
 /// kept taint was added.
 fn wanted_taints(node: &Node, now: SystemTime) -> Option<Vec<Taint>> {
     let current = node_taints(node);
-    let key = match ready_status(node)? {
+    let key = match node_ready_status(node)? {
         "Unknown" => Some(TAINT_UNREACHABLE),
         "False" => Some(TAINT_NOT_READY),
         _ => None,

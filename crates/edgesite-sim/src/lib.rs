@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use edgesite_api::predicates::{is_pod_ready, is_pod_terminal};
 use edgesite_clock::{Clock, SystemClock};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -457,17 +458,12 @@ async fn serve_pod(server: &PodServer, pod: &Pod) -> Result<(), kube::Error> {
             Err(e) => Err(e),
         };
     }
-    let status = pod.status.as_ref();
-    let phase = status.and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    if is_pod_terminal(pod) {
         return Ok(());
     }
     let finite = runs_to_completion(pod);
-    let running = phase == Some("Running");
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if running && ready {
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if running && is_pod_ready(pod) {
         if finite {
             // Seen again (e.g. after the simulator restarted): exit when the run is over.
             let elapsed = started_at(pod)
@@ -486,12 +482,16 @@ async fn serve_pod(server: &PodServer, pod: &Pod) -> Result<(), kube::Error> {
         .and_then(|i| i.parse().ok())
         .unwrap_or(0);
     let (host_ip, pod_net) = node_addresses(index);
-    let pod_ip = status.and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| {
-        format!(
-            "{pod_net}.{}",
-            2 + server.ips.fetch_add(1, Ordering::Relaxed) % 250
-        )
-    });
+    let pod_ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "{pod_net}.{}",
+                2 + server.ips.fetch_add(1, Ordering::Relaxed) % 250
+            )
+        });
     let now = time_now(&*server.clock);
     let containers: Vec<Value> = container_statuses(pod, |_| {
         json!({"ready": true, "started": true, "restartCount": 0,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
+    Node, NodeCondition, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 
 #[cfg(test)]
@@ -197,6 +197,24 @@ pub fn required_node_affinity_terms(spec: &PodSpec) -> Option<&[NodeSelectorTerm
 pub fn pod_matches_node(spec: &PodSpec, labels: &BTreeMap<String, String>, name: &str) -> bool {
     node_selector_matches(spec.node_selector.as_ref(), labels)
         && required_node_affinity_terms(spec).is_none_or(|terms| terms_match(terms, labels, name))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node conditions.
+
+/// The node's first condition of type `kind` (`Ready`, `MemoryPressure`...), if it has one.
+pub fn node_condition<'a>(node: &'a Node, kind: &str) -> Option<&'a NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+}
+
+/// The status of the node's `Ready` condition (`True`, `False`, `Unknown`), if it has one.
+pub fn node_ready_status(node: &Node) -> Option<&str> {
+    node_condition(node, "Ready").map(|c| c.status.as_str())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -620,3 +620,40 @@ fn phases() {
         assert_eq!(is_pod_active(&p), *active, "{name}: active");
     }
 }
+
+#[test]
+fn node_conditions() {
+    let node = |conditions: Value| -> Node { from(json!({"status": {"conditions": conditions}})) };
+    let cases = [
+        (json!([{"type": "Ready", "status": "True"}]), Some("True")),
+        (
+            json!([{"type": "Ready", "status": "Unknown"}]),
+            Some("Unknown"),
+        ),
+        (
+            json!([{"type": "MemoryPressure", "status": "False"},
+                   {"type": "Ready", "status": "False"}]),
+            Some("False"),
+        ),
+        // The first Ready condition counts, as the readers upstream take it.
+        (
+            json!([{"type": "Ready", "status": "False"}, {"type": "Ready", "status": "True"}]),
+            Some("False"),
+        ),
+        (json!([{"type": "DiskPressure", "status": "False"}]), None),
+        (json!([]), None),
+    ];
+    for (conditions, want) in cases {
+        assert_eq!(
+            node_ready_status(&node(conditions.clone())),
+            want,
+            "{conditions}"
+        );
+    }
+    assert_eq!(node_ready_status(&Node::default()), None);
+    let n = node(json!([{"type": "MemoryPressure", "status": "True", "reason": "Low"}]));
+    assert_eq!(
+        node_condition(&n, "MemoryPressure").and_then(|c| c.reason.as_deref()),
+        Some("Low")
+    );
+}

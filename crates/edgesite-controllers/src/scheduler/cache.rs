@@ -328,13 +328,7 @@ impl NodeFacts {
     pub fn of(node: &Node) -> Self {
         let spec = node.spec.as_ref();
         let mut taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
-        let ready = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| c.status.as_str());
-        let virtual_taint = match ready {
+        let virtual_taint = match edgesite_api::predicates::node_ready_status(node) {
             Some("True") => None,
             Some("False") => Some(TAINT_NOT_READY),
             _ => Some(TAINT_UNREACHABLE),
