@@ -128,10 +128,12 @@ pub async fn run(
     info!(nodes = names.len(), prefix = %config.prefix, "hollow nodes registered");
     let ours: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
     let heartbeats = heartbeat_loop(client.clone(), clock.clone(), names, config.heartbeat);
+    let statuses = status_keeper(client.clone(), clock.clone(), ours.clone(), config.prefix);
     let pods = pod_loop(client, clock, ours, config.concurrency.max(1));
     tokio::select! {
         () = shutdown => info!("hollow nodes stopping"),
         () = heartbeats => warn!("the heartbeat loop ended"),
+        () = statuses => warn!("the status loop ended"),
         () = pods => warn!("the pod loop ended"),
     }
     Ok(())
@@ -181,7 +183,7 @@ async fn register(
     index: usize,
 ) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let (ip, pod_net) = node_addresses(index);
+    let (_, pod_net) = node_addresses(index);
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -203,6 +205,35 @@ async fn register(
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e),
     }
+    post_status(&nodes, clock, name, index).await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name},
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": 40,
+            "renewTime": micro_time_now(clock),
+        },
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => renew(&leases, clock, name).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Posts node `name`'s status as a kubelet does: capacity, addresses, node info and the four
+/// kubelet conditions, healthy, with heartbeats at `clock`'s now.
+async fn post_status(
+    nodes: &Api<Node>,
+    clock: &dyn Clock,
+    name: &str,
+    index: usize,
+) -> Result<(), kube::Error> {
+    let (ip, _) = node_addresses(index);
     let now = time_now(clock);
     let capacity =
         json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
@@ -234,23 +265,48 @@ async fn register(
     }});
     nodes
         .patch_status(name, &patch_params(), &Patch::Merge(&status))
-        .await?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let lease: Lease = serde_json::from_value(json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name},
-        "spec": {
-            "holderIdentity": name,
-            "leaseDurationSeconds": 40,
-            "renewTime": micro_time_now(clock),
-        },
-    }))
-    .map_err(kube::Error::SerdeError)?;
-    match leases.create(&PostParams::default(), &lease).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => renew(&leases, clock, name).await,
-        Err(e) => Err(e),
+        .await
+        .map(|_| ())
+}
+
+/// Puts the nodes' conditions back as soon as the server changed them: after a partition the
+/// node lifecycle controller marks a silent node `Unknown`, and a kubelet that is heard again
+/// re-posts its status at once (the Lease alone does not bring `Ready` back).
+async fn status_keeper(
+    client: Client,
+    clock: Arc<dyn Clock>,
+    ours: Arc<HashSet<String>>,
+    prefix: String,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    let config = watcher::Config::default().labels("edgesite.io/hollow=true");
+    let events = watcher(nodes.clone(), config)
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(events);
+    while let Some(ev) = events.next().await {
+        let node = match ev {
+            Ok(node) => node,
+            Err(err) => {
+                debug!(%err, "hollow node watch failed; retrying");
+                continue;
+            }
+        };
+        let name = node.name_any();
+        let healthy = edgesite_api::predicates::node_ready_status(&node) == Some("True");
+        if healthy || !ours.contains(&name) {
+            continue;
+        }
+        let Some(index) = name
+            .strip_prefix(&format!("{prefix}-"))
+            .and_then(|i| i.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        info!(node = %name, "server changed the node's conditions; posting status again");
+        if let Err(err) = post_status(&nodes, &*clock, &name, index).await {
+            debug!(node = %name, %err, "status post failed; retried on the next change");
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Hollow nodes against a real API server (in-process, reached over TLS with the admin
-//! kubeconfig): they register Ready, renew their Leases, report their pods running and ready,
+//! kubeconfig): they register Ready (and post it again when the server changes it), renew
+//! their Leases, report their pods running and ready,
 //! and finish the deletion of their pods; pods of other nodes are left alone.
 #![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
@@ -10,7 +11,7 @@ use edgesite_apiserver::{PkiOptions, Server, ServerConfig};
 use edgesite_sim::{SimConfig, run};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::json;
@@ -85,6 +86,23 @@ async fn hollow_nodes_heartbeat_and_run_their_pods() -> Result<()> {
     let first = renewed(leases.get("hollow-1").await?).context("renewTime")?;
     eventually("the lease of hollow-1 is renewed", || async {
         Ok(renewed(leases.get("hollow-1").await?).as_deref() != Some(first.as_str()))
+    })
+    .await?;
+
+    // The server marks hollow-0 Unknown, as node lifecycle does after a partition: the node
+    // posts its status again at once, its Lease alone would not bring Ready back.
+    let ready = |n: &Node| edgesite_api::predicates::node_ready_status(n).map(str::to_owned);
+    nodes
+        .patch_status(
+            "hollow-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [
+                {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                 "message": "Kubelet stopped posting node status."}]}})),
+        )
+        .await?;
+    eventually("hollow-0 reports Ready again", || async {
+        Ok(ready(&nodes.get("hollow-0").await?).as_deref() == Some("True"))
     })
     .await?;
 
