@@ -118,6 +118,11 @@ pub struct ContainerdConfig {
     pub max_backoff: Duration,
     /// How long containerd may take to exit after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// Keep containers' `oom_score_adj` no lower than containerd's own. Needed where the agent
+    /// lacks `CAP_SYS_RESOURCE` (some VMs and containers drop it from the bounding set): the
+    /// pause container's -998 would otherwise make runc fail with "failed to update
+    /// /proc/self/oom_score_adj: Permission denied".
+    pub restrict_oom_score_adj: bool,
 }
 
 impl ContainerdConfig {
@@ -134,6 +139,9 @@ impl ContainerdConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
+            restrict_oom_score_adj: !has_cap_sys_resource(
+                &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+            ),
         }
     }
 
@@ -210,6 +218,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
+  restrict_oom_score_adj = {restrict_oom}
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -233,6 +242,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             socket = q(&self.socket())?,
             opt = q(&self.dir().join("opt"))?,
             sandbox_image = toml_str(&self.sandbox_image),
+            restrict_oom = self.restrict_oom_score_adj,
             runc = q(&self.runc)?,
             runc_root = q(&state.join("runc"))?,
             cni_bin = q(&self.cni_bin_dir)?,
@@ -475,6 +485,16 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `CAP_SYS_RESOURCE` (bit 24) in the effective set of a `/proc/PID/status` text.
+fn has_cap_sys_resource(status: &str) -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -548,6 +568,24 @@ mod tests {
         assert_eq!(s(&runc["runtime_type"]), "io.containerd.runc.v2");
         assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(false));
         assert!(s(&runc["options"]["Root"]).starts_with(adir.to_str().unwrap()));
+    }
+
+    #[test]
+    fn oom_score_adj_is_restricted_only_without_cap_sys_resource() {
+        assert!(has_cap_sys_resource(
+            "Name:\tx\nCapEff:\t000001ffffffffff\n"
+        ));
+        assert!(!has_cap_sys_resource("CapEff:\t000001fffeffffff\n"));
+        assert!(!has_cap_sys_resource("no caps line"));
+        let mut config = ContainerdConfig::new("/a");
+        for restrict in [true, false] {
+            config.restrict_oom_score_adj = restrict;
+            let doc: toml::Table = toml::from_str(&config.render().unwrap()).unwrap();
+            assert_eq!(
+                doc["plugins"]["io.containerd.grpc.v1.cri"]["restrict_oom_score_adj"].as_bool(),
+                Some(restrict)
+            );
+        }
     }
 
     #[test]
