@@ -419,55 +419,49 @@ async fn supervise(
     let mut backoff = config.initial_backoff;
     loop {
         let started = tokio::time::Instant::now();
-        tokio::select! {
-            status = child.wait() => {
-                pid.store(0, Ordering::SeqCst);
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                // A run that lasted a while resets the back-off, as kubelet's crash loop does.
-                if started.elapsed() > config.max_backoff * 2 {
-                    backoff = config.initial_backoff;
-                }
-                tracing::warn!(%status, ?backoff, log = %config.log_path().display(), "containerd exited; restarting it");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(config.max_backoff);
-                match spawn(&config) {
-                    Ok(c) => {
-                        pid.store(c.id().unwrap_or(0), Ordering::SeqCst);
-                        child = c;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot restart containerd; retrying");
-                        // Loop through a dummy wait: sleep then retry the spawn.
-                        loop {
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = stop.changed() => return,
-                            }
-                            if let Ok(c) = spawn(&config) {
-                                pid.store(c.id().unwrap_or(0), Ordering::SeqCst);
-                                child = c;
-                                break;
-                            }
-                            backoff = (backoff * 2).min(config.max_backoff);
-                        }
-                    }
-                }
-            }
+        let status = tokio::select! {
+            status = child.wait() => status,
             _ = stop.changed() => {
-                if let Some(id) = child.id() {
-                    signal(id, Signal::SIGTERM);
-                }
-                if tokio::time::timeout(config.stop_timeout, child.wait()).await.is_err() {
-                    tracing::warn!(timeout = ?config.stop_timeout, "containerd ignored SIGTERM; killing it");
-                    let _ = child.kill().await;
-                }
+                terminate(&config, &mut child).await;
                 pid.store(0, Ordering::SeqCst);
                 return;
             }
+        };
+        pid.store(0, Ordering::SeqCst);
+        // A run that lasted a while resets the back-off, as kubelet's crash loop does.
+        if started.elapsed() > config.max_backoff * 2 {
+            backoff = config.initial_backoff;
         }
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        tracing::warn!(%status, ?backoff, log = %config.log_path().display(), "containerd exited; restarting it");
+        child = loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(config.max_backoff);
+            match spawn(&config) {
+                Ok(child) => break child,
+                Err(error) => {
+                    tracing::error!(%error, ?backoff, "cannot restart containerd; retrying")
+                }
+            }
+        };
+        pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
+    }
+}
+
+/// SIGTERM, then SIGKILL after the stop timeout.
+async fn terminate(config: &ContainerdConfig, child: &mut tokio::process::Child) {
+    if let Some(id) = child.id() {
+        signal(id, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(config.stop_timeout, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.stop_timeout, "containerd ignored SIGTERM; killing it");
+        let _ = child.kill().await;
     }
 }
 
@@ -586,6 +580,30 @@ mod tests {
                 Some(restrict)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_names_the_package_and_an_early_exit_shows_the_log() {
+        let dir = tempfile::Builder::new()
+            .prefix("es-t-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut config = ContainerdConfig::new(dir.path());
+        config.binary = "/nonexistent/containerd".into();
+        let err = ManagedContainerd::start(config.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("package `containerd`"), "{err}");
+
+        // A "containerd" that prints and exits at once.
+        let fake = dir.path().join("fake-containerd");
+        std::fs::write(&fake, "#!/bin/sh\necho cannot load config >&2\nexit 7\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        config.binary = fake;
+        let err = ManagedContainerd::start(config).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Exited { .. }), "{text}");
+        assert!(text.contains("exit status: 7"), "{text}");
+        assert!(text.contains("cannot load config"), "{text}");
     }
 
     #[test]
