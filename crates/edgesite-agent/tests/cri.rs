@@ -106,6 +106,14 @@ async fn a_pod_runs_exits_and_logs_through_cri_and_leaves_nothing_behind() {
     runtime.remove_pod_sandbox(&pod).await.unwrap();
     assert!(runtime.list_pod_sandboxes(None).await.unwrap().is_empty());
     assert!(runtime.list_containers(None).await.unwrap().is_empty());
+    // runc's cgroups (cgroupfs driver, no cgroup parent: `/k8s.io/<id>` in every hierarchy)
+    // went with the pod.
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for gone in [&pod, &id] {
+            let cgroup = hierarchy.path().join("k8s.io").join(gone);
+            assert!(!cgroup.exists(), "{} is left behind", cgroup.display());
+        }
+    }
     let err = runtime.container_status(&id).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic_code_not_found()), "{err}");
 
