@@ -30,7 +30,7 @@ pub enum Error {
     },
     /// `ctr images import` failed.
     #[error(
-        "`ctr --address {socket} -n k8s.io images import {tarball}` failed with {status}: {stderr}"
+        "`ctr --address {socket} -n k8s.io images import --all-platforms {tarball}` failed with {status}: {stderr}"
     )]
     Import {
         /// The containerd socket.

@@ -211,3 +211,30 @@ async fn a_fixture_dropped_with_a_running_pod_reaps_shims_containers_and_mounts(
         assert!(!is_running(*pid), "{pid} ({cmdline}) still runs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_a_broken_tarball_fails_naming_the_command_and_the_file() {
+    let ctd = TestContainerd::start().await;
+    let broken = ctd.dir().join("broken.tar");
+    std::fs::write(&broken, b"not a tarball").unwrap();
+    let err = edgesite_agent::images::ImageImporter::new(ctd.socket())
+        .import(ctd.runtime(), &broken, "edgesite.io/broken:1")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, edgesite_agent::images::Error::Import { .. }),
+        "{text}"
+    );
+    assert!(text.contains("images import"), "{text}");
+    assert!(text.contains(&*broken.to_string_lossy()), "{text}");
+    assert!(
+        ctd.runtime()
+            .image_status("edgesite.io/broken:1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let left = ctd.stop().await;
+    assert!(left.is_empty(), "{left:?}");
+}
