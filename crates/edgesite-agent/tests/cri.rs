@@ -11,7 +11,9 @@ use std::time::Duration;
 use edgesite_agent::cri::Runtime;
 use edgesite_agent::cri::v1 as cri;
 use edgesite_agent::oci;
-use edgesite_testkit::containerd::{container, host_network_sandbox, is_running, leftovers_under};
+use edgesite_testkit::containerd::{
+    container, host_network_sandbox, is_running, leftovers_under, shim_socket,
+};
 use edgesite_testkit::{TestContainerd, busybox_image, direct_cri_pod_start};
 
 const BUSYBOX: &str = "edgesite.io/busybox:1";
@@ -197,8 +199,25 @@ async fn a_fixture_dropped_with_a_running_pod_reaps_shims_containers_and_mounts(
     assert!(running.processes.len() >= 4, "{running:?}");
     assert!(!running.mounts.is_empty(), "{running:?}");
 
+    let sockets: Vec<_> = running
+        .processes
+        .iter()
+        .filter_map(|(_, cmdline)| shim_socket(cmdline))
+        .collect();
+    assert!(!sockets.is_empty(), "no shim in {running:?}");
+    for socket in &sockets {
+        assert!(
+            socket.exists(),
+            "{} is not the shim's socket",
+            socket.display()
+        );
+    }
+
     let dir = ctd.dir().to_path_buf();
     drop(ctd);
+    for socket in &sockets {
+        assert!(!socket.exists(), "{} is left behind", socket.display());
+    }
     let left = leftovers_under(&dir);
     assert!(
         left.is_empty(),

@@ -217,6 +217,7 @@ mod managed {
         let own_cgroups = cgroups_of("self");
         let mut cgroups = Vec::new();
         let mut killed = Vec::new();
+        let mut sockets = Vec::new();
         for _ in 0..50 {
             let left = leftovers_under(dir);
             if left.processes.is_empty() {
@@ -231,11 +232,12 @@ mod managed {
                         .filter(|c| !own_cgroups.contains(c)),
                 );
             }
-            for (pid, _) in &left.processes {
+            for (pid, cmdline) in &left.processes {
                 if let Ok(pid) = i32::try_from(*pid) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
                 killed.push(*pid);
+                sockets.extend(shim_socket(cmdline));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -251,6 +253,10 @@ mod managed {
         for mount in mounts {
             let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
         }
+        // A killed shim cannot unlink its socket, which lives outside the directory.
+        for socket in sockets {
+            let _ = std::fs::remove_file(socket);
+        }
         // A cgroup can be removed once its processes are gone; killed ones take a moment.
         cgroups.sort();
         cgroups.dedup();
@@ -262,6 +268,29 @@ mod managed {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The socket a containerd 1.6 shim with this command line listens on:
+    /// `/run/containerd/s/<sha256 of ADDRESS/NAMESPACE/ID>`, whatever containerd's state
+    /// directory (containerd's `runtime/v2/shim.SocketAddress`).
+    pub fn shim_socket(cmdline: &str) -> Option<PathBuf> {
+        let args: Vec<&str> = cmdline.split(' ').collect();
+        if !args.first()?.ends_with("containerd-shim-runc-v2") {
+            return None;
+        }
+        let flag = |name: &str| {
+            args.windows(2)
+                .find(|w| w[0] == name)
+                .map(|w| w[1].to_string())
+        };
+        let key = format!(
+            "{}/{}/{}",
+            flag("-address")?,
+            flag("-namespace")?,
+            flag("-id")?
+        );
+        let digest = edgesite_agent::oci::digest(key.as_bytes());
+        Some(PathBuf::from("/run/containerd/s").join(digest.trim_start_matches("sha256:")))
     }
 
     /// Whether `pid` exists and is neither a zombie nor dead.
