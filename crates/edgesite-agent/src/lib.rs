@@ -1,0 +1,20 @@
+//! EdgeSite's node agent. This first foundation is the runtime side:
+//!
+//! - [`cri`]: the [`cri::Runtime`] trait (the CRI v1 calls the pod workers make) and
+//!   [`cri::CriRuntime`], CRI v1 gRPC over containerd's unix socket;
+//! - [`containerd`]: a containerd owned and supervised by the agent, with its own generated
+//!   configuration, root, state and socket under the agent's directory;
+//! - [`images`]: importing OCI tarballs into containerd's `k8s.io` namespace, the agent's pause
+//!   image;
+//! - [`oci`]: building single-layer OCI image-layout tarballs from host files (no IO beyond
+//!   files; the only module compiled without the `runtime` feature, for the testkit).
+#![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
+#![warn(missing_docs)]
+
+#[cfg(feature = "runtime")]
+pub mod containerd;
+#[cfg(feature = "runtime")]
+pub mod cri;
+#[cfg(feature = "runtime")]
+pub mod images;
+pub mod oci;
