@@ -26,6 +26,7 @@ pub mod authz;
 mod fsutil;
 pub mod handlers;
 pub mod in_process;
+pub mod join;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod pki;

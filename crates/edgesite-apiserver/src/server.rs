@@ -38,7 +38,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How `edgesite server` is set up.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The data directory: `pki/`, `db/`, `admin.kubeconfig`.
+    /// The data directory: `pki/`, `db/`, `admin.kubeconfig`, `node-token`.
     pub data_dir: PathBuf,
     /// The address to listen on (`0.0.0.0` for all IPv4 interfaces).
     pub bind_address: IpAddr,
@@ -125,6 +125,9 @@ pub enum ServerError {
     /// The token file could not be loaded.
     #[error(transparent)]
     TokenFile(#[from] TokenFileError),
+    /// The node join token could not be read or written, or pins another CA.
+    #[error(transparent)]
+    NodeToken(#[from] crate::join::TokenError),
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves the accept loop running
@@ -134,6 +137,7 @@ pub struct Server {
     local_addr: SocketAddr,
     url: String,
     kubeconfig_path: PathBuf,
+    node_token_path: PathBuf,
     ready_after: Duration,
     state: Arc<ApiState>,
     app: Router,
@@ -241,6 +245,8 @@ impl Server {
             shutdown_tx.subscribe(),
         ));
         let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
+        crate::join::load_or_create(&config.data_dir, pki.ca_cert_der().as_ref())?;
+        let node_token_path = crate::join::node_token_path(&config.data_dir);
         let ready_after = clock.instant().duration_since(started);
         // The OpenAPI documents and the protobuf table are parsed on first use (~10 ms in a
         // release build); do it now, off the request path, so the first write does not wait.
@@ -261,6 +267,7 @@ impl Server {
             local_addr,
             url,
             kubeconfig_path,
+            node_token_path,
             ready_after,
             state,
             app,
@@ -284,6 +291,11 @@ impl Server {
     /// The admin kubeconfig written at startup.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
+    }
+
+    /// The node join token (`DATA_DIR/node-token`, mode 0600) agents join with.
+    pub fn node_token_path(&self) -> &Path {
+        &self.node_token_path
     }
 
     /// How long [`Server::start`] took, from entry to the kubeconfig being written.

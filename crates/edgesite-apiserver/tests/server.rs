@@ -178,6 +178,23 @@ async fn pki_and_kubeconfig_are_reused_on_restart() -> Result<()> {
     let ca_before = std::fs::read(dir.join("pki/ca.crt"))?;
     let server_before = std::fs::read(dir.join("pki/server.crt"))?;
     assert!(h.server.kubeconfig_path().exists());
+    // The first start also writes the node join token: private, pinning this CA.
+    let token_path = h.server.node_token_path().to_owned();
+    assert_eq!(token_path, dir.join("node-token"));
+    let token_before = std::fs::read_to_string(&token_path)?;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_path)?.permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let token = edgesite_apiserver::join::NodeToken::parse(&token_before)?;
+    let ca_pem = String::from_utf8(ca_before.clone())?;
+    let ca_der = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        ca_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<String>(),
+    )?;
+    assert!(token.pins(&ca_der), "the token pins the cluster CA");
     let Harness {
         dir: _dir, server, ..
     } = h;
@@ -188,6 +205,11 @@ async fn pki_and_kubeconfig_are_reused_on_restart() -> Result<()> {
     assert_eq!(std::fs::read(dir.join("pki/server.crt"))?, server_before);
     let kubeconfig = std::fs::read_to_string(server.kubeconfig_path())?;
     assert!(kubeconfig.contains(server.url()), "{kubeconfig}");
+    assert_eq!(
+        std::fs::read_to_string(server.node_token_path())?,
+        token_before,
+        "a restart keeps the token agents joined with"
+    );
     server.shutdown().await;
     Ok(())
 }

@@ -186,6 +186,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let kubeconfig = std::path::absolute(server.kubeconfig_path())
         .unwrap_or_else(|_| server.kubeconfig_path().to_owned());
     eprintln!("export KUBECONFIG={}", kubeconfig.display());
+    tracing::info!(path = %server.node_token_path().display(), "node join token (mode 0600)");
     // The controllers talk to the API in-process. Until RBAC exists they need system:masters.
     let client =
         server.in_process_client(edgesite_controllers::CONTROLLER_USER, &["system:masters"]);
