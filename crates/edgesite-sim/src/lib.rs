@@ -271,7 +271,8 @@ async fn post_status(
 
 /// Puts the nodes' conditions back as soon as the server changed them: after a partition the
 /// node lifecycle controller marks a silent node `Unknown`, and a kubelet that is heard again
-/// re-posts its status at once (the Lease alone does not bring `Ready` back).
+/// re-posts its status at once (the Lease alone does not bring `Ready` back). A `Ready` of
+/// `True` or `False` is a kubelet's own report and is left alone.
 async fn status_keeper(
     client: Client,
     clock: Arc<dyn Clock>,
@@ -293,8 +294,13 @@ async fn status_keeper(
             }
         };
         let name = node.name_any();
-        let healthy = edgesite_api::predicates::node_ready_status(&node) == Some("True");
-        if healthy || !ours.contains(&name) {
+        // `True` and `False` are what a kubelet reports itself (a test may play a kubelet that
+        // says not ready); `Unknown` or no Ready condition is the server's doing.
+        let reported = matches!(
+            edgesite_api::predicates::node_ready_status(&node),
+            Some("True" | "False")
+        );
+        if reported || !ours.contains(&name) {
             continue;
         }
         let Some(index) = name
@@ -303,7 +309,7 @@ async fn status_keeper(
         else {
             continue;
         };
-        info!(node = %name, "server changed the node's conditions; posting status again");
+        info!(node = %name, "the server marked the node Unknown; posting status again");
         if let Err(err) = post_status(&nodes, &*clock, &name, index).await {
             debug!(node = %name, %err, "status post failed; retried on the next change");
         }
