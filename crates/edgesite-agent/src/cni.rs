@@ -528,6 +528,31 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_network_command_names_its_package() {
+        let err = run("edgesite-no-such-ip", &["link"], "iproute2").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("`edgesite-no-such-ip link` failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("install the Debian package `iproute2`"),
+            "{text}"
+        );
+        let err = run("false", &[], "coreutils").unwrap_err();
+        assert!(err.to_string().contains("exit status: 1"), "{err}");
+    }
+
+    #[test]
+    fn cleaning_up_an_agent_dir_without_a_network_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ipam_dir(dir.path()).join("edgesite-x")).unwrap();
+        cleanup(dir.path()).unwrap();
+        assert!(!ipam_dir(dir.path()).exists());
+        cleanup(dir.path()).unwrap();
+    }
+
+    #[test]
     fn iptables_rules_split_into_arguments() {
         let rule = r#"-s 10.88.7.2/32 -m comment --comment "name: \"edgesite-es12ab34\" id: \"abc\"" -j CNI-0123"#;
         assert_eq!(

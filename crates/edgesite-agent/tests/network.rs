@@ -239,6 +239,13 @@ async fn a_pod_on_the_agents_bridge_serves_the_host_and_releases_its_address() {
     assert!(link_exists(&net.bridge), "no bridge {}", net.bridge);
     let veths = veths_of(&net.bridge);
     assert_eq!(veths.len(), 1, "veths on {}: {veths:?}", net.bridge);
+    // The host reaches the pod through the agent's bridge, and nothing else.
+    let route = output("ip", &["-4", "route", "get", &ip.to_string()]);
+    assert!(
+        route.contains(&format!("dev {} ", net.bridge)),
+        "{ip} is not routed through {}: {route}",
+        net.bridge
+    );
     assert_eq!(
         masquerade_rules(&net.name()).len(),
         1,
@@ -337,7 +344,14 @@ async fn a_fixture_dropped_with_a_networked_pod_leaves_no_bridge_veth_or_rule() 
     runtime.start_container(&id).await.unwrap();
     let veths = veths_of(&net.bridge);
     assert_eq!(veths.len(), 1, "{veths:?}");
-    assert_eq!(masquerade_rules(&net.name()).len(), 1);
+    let rules = masquerade_rules(&net.name());
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let chain = rules[0]
+        .rsplit_once("-j ")
+        .map(|(_, c)| c.trim().to_string())
+        .unwrap();
+    assert!(chain.starts_with("CNI-"), "{rules:?}");
+    assert!(nat_chains().contains(&chain));
 
     // No StopPodSandbox: CNI DEL never runs; the fixture must still clean up.
     let dir = ctd.dir().to_path_buf();
@@ -349,4 +363,14 @@ async fn a_fixture_dropped_with_a_networked_pod_leaves_no_bridge_veth_or_rule() 
     }
     let rules = masquerade_rules(&net.name());
     assert!(rules.is_empty(), "masquerade rules left behind: {rules:?}");
+    assert!(!nat_chains().contains(&chain), "{chain} is left behind");
+}
+
+/// The user chains of the nat table.
+fn nat_chains() -> Vec<String> {
+    output("iptables", &["-w", "-t", "nat", "-S"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N "))
+        .map(str::to_string)
+        .collect()
 }
