@@ -171,7 +171,7 @@ impl ContainerdConfig {
     }
     /// `ADIR/cni/net.d`: the CNI configuration the CRI plugin reads.
     pub fn cni_conf_dir(&self) -> PathBuf {
-        self.agent_dir.join("cni").join("net.d")
+        crate::cni::conf_dir(&self.agent_dir)
     }
 
     /// Checks every socket containerd creates under the agent directory fits a unix address.
@@ -219,6 +219,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_port = "0"
   enable_selinux = false
   restrict_oom_score_adj = {restrict_oom}
+  # Pods' network namespaces pinned under the state directory, not /var/run/netns: they stay
+  # the agent's, and unmounting the agent directory frees them (and their veths).
+  netns_mounts_under_state_dir = true
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -557,6 +560,7 @@ mod tests {
             s(&cri["cni"]["conf_dir"]),
             format!("{}/cni/net.d", adir.display())
         );
+        assert_eq!(cri["netns_mounts_under_state_dir"].as_bool(), Some(true));
         assert_eq!(s(&cri["containerd"]["snapshotter"]), "overlayfs");
         let runc = &cri["containerd"]["runtimes"]["runc"];
         assert_eq!(s(&runc["runtime_type"]), "io.containerd.runc.v2");

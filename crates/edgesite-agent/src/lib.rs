@@ -2,6 +2,8 @@
 //!
 //! - [`cri`]: the [`cri::Runtime`] trait (the CRI v1 calls the pod workers make) and
 //!   [`cri::CriRuntime`], CRI v1 gRPC over containerd's unix socket;
+//! - [`cni`]: the pods' network, a CNI bridge per agent from the node's pod CIDR, and its
+//!   cleanup;
 //! - [`containerd`]: a containerd owned and supervised by the agent, with its own generated
 //!   configuration, root, state and socket under the agent's directory;
 //! - [`images`]: importing OCI tarballs into containerd's `k8s.io` namespace, the agent's pause
@@ -11,6 +13,8 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 #![warn(missing_docs)]
 
+#[cfg(feature = "runtime")]
+pub mod cni;
 #[cfg(feature = "runtime")]
 pub mod containerd;
 #[cfg(feature = "runtime")]

@@ -5,9 +5,11 @@
 //! - [`TestContainerd`] (feature `containerd`): the agent's [`ManagedContainerd`] in a short
 //!   temporary agent directory. Dropping it — also when the test panics — kills containerd, the
 //!   shims and the containers by PID (found in `/proc` by the directory they run from), detaches
-//!   every mount under the directory and removes it. [`TestContainerd::stop`] first lets
-//!   containerd and its shims end on their own and reports what did not, so a test can assert the
-//!   product cleaned up after itself.
+//!   every mount under the directory (the pods' network namespaces among them), removes the
+//!   agent's pod network (`edgesite_agent::cni::cleanup`: bridge, addresses, masquerade rules)
+//!   and the directory. [`TestContainerd::stop`] first lets containerd and its shims end on
+//!   their own and reports what did not, so a test can assert the product cleaned up after
+//!   itself.
 //!
 //! Prerequisites are never optional: a missing busybox or containerd panics with the Debian
 //! package to install.
@@ -206,6 +208,11 @@ mod managed {
             // First containerd (so nothing restarts the shims), then everything else.
             drop(self.containerd.take());
             reap(dir.path());
+            // The pods' network namespaces were unmounted with the directory; what the pod
+            // network leaves outside it (the bridge, masquerade rules) goes as the agent's does.
+            if let Err(e) = edgesite_agent::cni::cleanup(dir.path()) {
+                eprintln!("cannot clean up the test containerd's pod network: {e}");
+            }
             // The TempDir removes the directory.
             drop(dir);
         }
@@ -456,6 +463,26 @@ mod managed {
             }),
             ..Default::default()
         }
+    }
+
+    /// A pod sandbox config with a network namespace of its own (the CNI network of the
+    /// agent directory), logging under `log_directory`.
+    pub fn pod_network_sandbox(
+        name: &str,
+        uid: &str,
+        log_directory: &Path,
+    ) -> cri::PodSandboxConfig {
+        let mut config = host_network_sandbox(name, uid, log_directory);
+        config.hostname = name.into();
+        if let Some(ns) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.network = cri::NamespaceMode::Pod as i32;
+        }
+        config
     }
 
     /// A container config running `image` with `command` and `args`, logging to `log_path`
