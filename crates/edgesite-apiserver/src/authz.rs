@@ -8,8 +8,16 @@ use crate::pki::ADMIN_GROUP;
 
 /// Non-resource paths every user, anonymous included, may `get` — upstream's
 /// `system:public-info-viewer` cluster role, bound to `system:authenticated` and
-/// `system:unauthenticated`.
-pub const PUBLIC_INFO_PATHS: [&str; 5] = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
+/// `system:unauthenticated`; and EdgeSite's `/cacerts`, the cluster CA a joining node checks
+/// against the pin in its token before it trusts the server (k3s serves the same).
+pub const PUBLIC_INFO_PATHS: [&str; 6] = [
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/version",
+    "/version/",
+    "/cacerts",
+];
 
 /// Whether `path` is one of [`PUBLIC_INFO_PATHS`].
 pub fn is_public_info_path(path: &str) -> bool {

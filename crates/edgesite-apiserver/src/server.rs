@@ -217,6 +217,7 @@ impl Server {
             clock: clock.clone(),
             store,
             server_address: client_addr.to_string(),
+            ca_cert_pem: pki.ca_cert_pem().to_owned(),
             version: discovery::version_info(&config.git_commit, &config.build_date),
             authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
             authorizer: Arc::new(MastersAuthorizer),

@@ -125,13 +125,36 @@ async fn http2_works() -> Result<()> {
     Ok(())
 }
 
+/// The DER of a one-certificate PEM.
+fn der_of(pem: &str) -> Result<Vec<u8>> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    Ok(base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        b64,
+    )?)
+}
+
 #[tokio::test]
 async fn anonymous_gets_public_info_only() -> Result<()> {
     let h = Harness::start().await?;
-    for path in ["/version", "/version/", "/healthz", "/livez", "/readyz"] {
+    for path in [
+        "/version",
+        "/version/",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/cacerts",
+    ] {
         let r = h.get(None, path).await?;
         assert_eq!(r.status, StatusCode::OK, "{path}");
     }
+    // `/cacerts` is the cluster CA, the one a node token pins.
+    let dir = h.server.kubeconfig_path().parent().context("data dir")?;
+    let served = String::from_utf8(h.get(None, "/cacerts").await?.body)?;
+    assert_eq!(served, std::fs::read_to_string(dir.join("pki/ca.crt"))?);
+    let token = std::fs::read_to_string(h.server.node_token_path())?;
+    let token = edgesite_apiserver::join::NodeToken::parse(&token)?;
+    assert!(token.pins(&der_of(&served)?));
     assert_eq!(h.get(None, "/version").await?.json()["minor"], "32");
     for path in ["/api", "/apis", "/api/v1", "/nope"] {
         let r = h.get(None, path).await?;
@@ -186,14 +209,7 @@ async fn pki_and_kubeconfig_are_reused_on_restart() -> Result<()> {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_path)?.permissions());
     assert_eq!(mode & 0o777, 0o600);
     let token = edgesite_apiserver::join::NodeToken::parse(&token_before)?;
-    let ca_pem = String::from_utf8(ca_before.clone())?;
-    let ca_der = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        ca_pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect::<String>(),
-    )?;
+    let ca_der = der_of(std::str::from_utf8(&ca_before)?)?;
     assert!(token.pins(&ca_der), "the token pins the cluster CA");
     let Harness {
         dir: _dir, server, ..

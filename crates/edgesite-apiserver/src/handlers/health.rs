@@ -22,6 +22,17 @@ pub(super) async fn healthz() -> Response {
     text_response(StatusCode::OK, "ok".to_owned())
 }
 
+/// The cluster CA certificate, PEM, to anyone: a joining agent fetches it before it can verify
+/// the server, and trusts it only if its SHA-256 is the one its node token pins.
+pub(super) async fn cacerts(State(state): State<Arc<ApiState>>) -> Response {
+    let mut resp = text_response(StatusCode::OK, state.ca_cert_pem.clone());
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-pem-file"),
+    );
+    resp
+}
+
 pub(super) async fn livez() -> Response {
     text_response(StatusCode::OK, "ok".to_owned())
 }

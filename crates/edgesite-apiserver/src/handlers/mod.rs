@@ -50,6 +50,8 @@ pub struct ApiState {
     pub clock: Arc<dyn edgesite_clock::Clock>,
     /// `host:port` clients should use, reported by `GET /api`.
     pub server_address: String,
+    /// The cluster CA certificate (PEM), served at `GET /cacerts`.
+    pub ca_cert_pem: String,
     /// The `/version` body, computed once.
     pub version: Value,
     /// Authenticates each request.
@@ -67,6 +69,7 @@ pub struct ApiState {
 /// accept loop adds it); without one they are treated as coming without a client certificate.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
+        .route("/cacerts", get_only(health::cacerts))
         .route("/version", get_only(health::version))
         .route("/version/", get_only(health::version))
         .route("/healthz", get_only(health::healthz))
