@@ -12,7 +12,7 @@ use edgesite_agent::cri::Runtime;
 use edgesite_agent::cri::v1 as cri;
 use edgesite_agent::oci;
 use edgesite_testkit::containerd::{
-    container, host_network_sandbox, is_running, leftovers_under, shim_socket,
+    container, host_network_sandbox, is_running, leftovers_under, shim_socket, start_container,
 };
 use edgesite_testkit::{TestContainerd, busybox_image, direct_cri_pod_start};
 
@@ -60,11 +60,9 @@ async fn a_pod_runs_exits_and_logs_through_cri_and_leaves_nothing_behind() {
         &["sh", "-c", "echo hello; exit 3"],
         "hello/0.log",
     );
-    let id = runtime
-        .create_container(&pod, config, sandbox)
+    let id = start_container(runtime, &pod, sandbox, config)
         .await
         .unwrap();
-    runtime.start_container(&id).await.unwrap();
 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -189,11 +187,9 @@ async fn a_fixture_dropped_with_a_running_pod_reaps_shims_containers_and_mounts(
         &["sleep", "3600"],
         "s.log",
     );
-    let id = runtime
-        .create_container(&pod, config, sandbox)
+    start_container(runtime, &pod, sandbox, config)
         .await
         .unwrap();
-    runtime.start_container(&id).await.unwrap();
     let running = ctd.leftovers();
     // containerd, the shim and the two containers' processes; their rootfs and shm mounts.
     assert!(running.processes.len() >= 4, "{running:?}");

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use edgesite_agent::cni::{self, Ipv4Cidr, PodNetwork};
 use edgesite_agent::cri::Runtime;
 use edgesite_agent::cri::v1 as cri;
-use edgesite_testkit::containerd::{container, host_network_sandbox, pod_network_sandbox};
+use edgesite_testkit::containerd::{
+    container, host_network_sandbox, pod_network_sandbox, start_container,
+};
 use edgesite_testkit::{TestContainerd, busybox_image, http_get, wait_for_port};
 
 const BUSYBOX: &str = "edgesite.io/busybox:1";
@@ -260,11 +262,9 @@ async fn a_pod_on_the_agents_bridge_serves_the_host_and_releases_its_address() {
         &["sh", "-c", HTTPD],
         "httpd/0.log",
     );
-    let id = runtime
-        .create_container(&pod, config, sandbox.clone())
+    let id = start_container(runtime, &pod, sandbox.clone(), config)
         .await
         .unwrap();
-    runtime.start_container(&id).await.unwrap();
     wait_running(runtime, &id).await;
 
     let addr = SocketAddr::from((ip, 8080));
@@ -337,11 +337,9 @@ async fn a_fixture_dropped_with_a_networked_pod_leaves_no_bridge_veth_or_rule() 
         &["sleep", "3600"],
         "s.log",
     );
-    let id = runtime
-        .create_container(&pod, config, sandbox)
+    start_container(runtime, &pod, sandbox, config)
         .await
         .unwrap();
-    runtime.start_container(&id).await.unwrap();
     let veths = veths_of(&net.bridge);
     assert_eq!(veths.len(), 1, "{veths:?}");
     let rules = masquerade_rules(&net.name());

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::Error;
-use crate::informers::{Informer, Informers, Watched};
+use crate::informers::{Informer, Informers, Watched, map_event};
 use crate::queue::{self, WorkQueue};
 use crate::resources::{dynamic_api, watchable};
 
@@ -243,15 +243,7 @@ fn shared<K: Watched>(informer: &Informer<K>) -> WatchEvents {
     };
     informer
         .events()
-        .map(move |ev| {
-            Ok(match ev {
-                watcher::Event::Apply(o) => watcher::Event::Apply(meta(o)),
-                watcher::Event::Delete(o) => watcher::Event::Delete(meta(o)),
-                watcher::Event::InitApply(o) => watcher::Event::InitApply(meta(o)),
-                watcher::Event::Init => watcher::Event::Init,
-                watcher::Event::InitDone => watcher::Event::InitDone,
-            })
-        })
+        .map(move |ev| Ok(map_event(ev, meta)))
         .boxed()
 }
 

@@ -208,11 +208,16 @@ impl<K: Watched> Subscriber<K> {
 
 /// Clones the object out of a shared event, for code that wants owned watcher events.
 pub fn owned<K: Clone>(ev: Event<Arc<K>>) -> Event<K> {
+    map_event(ev, |o| (*o).clone())
+}
+
+/// The same event with its object turned into `f(object)`.
+pub fn map_event<K, T>(ev: Event<K>, f: impl FnOnce(K) -> T) -> Event<T> {
     match ev {
-        Event::Apply(o) => Event::Apply((*o).clone()),
-        Event::Delete(o) => Event::Delete((*o).clone()),
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
         Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply((*o).clone()),
+        Event::InitApply(o) => Event::InitApply(f(o)),
         Event::InitDone => Event::InitDone,
     }
 }

@@ -501,6 +501,8 @@ fn backoff_delay(base: Duration, failures: i32) -> Duration {
 /// or just created), the counts so far and the time.
 struct Observed<'a> {
     spec: &'a JobSpec,
+    /// `Some(completions)` for an Indexed Job.
+    indexed: Option<i32>,
     old: &'a JobStatus,
     active: Vec<Pod>,
     /// Succeeded and failed pods, counted or about to be.
@@ -513,6 +515,11 @@ struct Observed<'a> {
     now_t: Time,
     /// What is left of the failure back-off before pods may be created again.
     backoff_wait: Duration,
+}
+
+/// `Some(completions)` for an Indexed Job, whose pods each have a completion index.
+fn indexed_completions(spec: &JobSpec) -> Option<i32> {
+    (spec.completion_mode.as_deref() == Some("Indexed")).then(|| spec.completions.unwrap_or(0))
 }
 
 /// What a pass does about a Job before it counts pods: the status with its new conditions,
@@ -545,8 +552,7 @@ impl Plan {
 /// deadline, completions), suspended or resumed, and how many pods to add or remove.
 fn plan(o: Observed<'_>) -> Plan {
     let spec = o.spec;
-    let indexed =
-        (spec.completion_mode.as_deref() == Some("Indexed")).then(|| spec.completions.unwrap_or(0));
+    let indexed = o.indexed;
     let suspended = spec.suspend == Some(true);
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
@@ -718,8 +724,7 @@ async fn sync(
 ) -> Result<Action, Error> {
     let spec = job.spec.clone().unwrap_or_default();
     let now_t = now_time(&*ctx.config.clock);
-    let indexed =
-        (spec.completion_mode.as_deref() == Some("Indexed")).then(|| spec.completions.unwrap_or(0));
+    let indexed = indexed_completions(&spec);
     let mut uncounted = Uncounted::from_status(&old);
     let (pods, unseen_created) = apply_expectations(ctx, uid, pods);
     let census = census(&pods, &uncounted, indexed);
@@ -732,6 +737,7 @@ async fn sync(
     active.extend(unseen_created);
     let plan = plan(Observed {
         spec: &spec,
+        indexed,
         old: &old,
         active,
         succeeded,
@@ -1134,6 +1140,7 @@ mod tests {
         let done = BTreeSet::new();
         plan(Observed {
             spec: &spec,
+            indexed: indexed_completions(&spec),
             old: &old,
             active,
             succeeded,
@@ -1320,6 +1327,7 @@ mod tests {
         let done: BTreeSet<i32> = [0].into_iter().collect();
         let p = plan(Observed {
             spec: &spec,
+            indexed: indexed_completions(&spec),
             old: &JobStatus::default(),
             active: vec![],
             succeeded: 1,

@@ -511,6 +511,19 @@ mod managed {
         }
     }
 
+    /// CreateContainer then StartContainer of `config` in sandbox `pod` (made from `sandbox`):
+    /// the started container's id.
+    pub async fn start_container(
+        runtime: &dyn Runtime,
+        pod: &str,
+        sandbox: cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> edgesite_agent::cri::Result<String> {
+        let id = runtime.create_container(pod, config, sandbox).await?;
+        runtime.start_container(&id).await?;
+        Ok(id)
+    }
+
     /// How long a pod start takes straight through CRI: RunPodSandbox (host network) +
     /// CreateContainer + StartContainer of `image` running `sleep`. The pod is stopped and
     /// removed afterwards, outside the measured time; `log_directory` receives its logs.
@@ -533,12 +546,7 @@ mod managed {
         );
         let started = Instant::now();
         let pod = runtime.run_pod_sandbox(sandbox.clone(), "").await?;
-        let result = async {
-            let id = runtime.create_container(&pod, config, sandbox).await?;
-            runtime.start_container(&id).await?;
-            anyhow::Ok(())
-        }
-        .await;
+        let result = start_container(runtime, &pod, sandbox, config).await;
         let elapsed = started.elapsed();
         runtime.stop_pod_sandbox(&pod).await?;
         runtime.remove_pod_sandbox(&pod).await?;
