@@ -8,6 +8,7 @@
 //!   configuration, root, state and socket under the agent's directory;
 //! - [`images`]: importing OCI tarballs into containerd's `k8s.io` namespace, the agent's pause
 //!   image;
+//! - [`pod`]: the pod workers and what they need (CRI configurations, volumes, status);
 //! - [`oci`]: building single-layer OCI image-layout tarballs from host files (no IO beyond
 //!   files; the only module compiled without the `runtime` feature, for the testkit).
 #![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
@@ -22,3 +23,5 @@ pub mod cri;
 #[cfg(feature = "runtime")]
 pub mod images;
 pub mod oci;
+#[cfg(feature = "runtime")]
+pub mod pod;

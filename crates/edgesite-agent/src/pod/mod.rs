@@ -1,0 +1,168 @@
+//! Pods on this node: what the pod workers need to turn a [`Pod`] from the local cache into
+//! sandboxes and containers, and how they report back.
+//!
+//! - [`worker`]: one worker per pod, the state machine (sandbox, init containers, containers,
+//!   restarts with back-off, probes, graceful termination) over a [`Runtime`];
+//! - [`status`]: the pod status a worker computes from what the runtime reports;
+//! - [`config`]: the CRI sandbox and container configurations of a pod (command, env,
+//!   mounts, resources, security context);
+//! - [`volumes`]: the pod's volumes on the host (emptyDir, hostPath, configMap, secret,
+//!   downwardAPI, projected), behind [`VolumeManager`].
+//!
+//! The workers read only what they are handed: the pod from the local cache and the objects
+//! it references through [`Objects`]; they never call the API server. What they learn goes
+//! out through [`Reporter`].
+//!
+//! [`Runtime`]: crate::cri::Runtime
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
+
+pub mod config;
+pub mod volumes;
+pub mod worker;
+
+/// The ConfigMaps and Secrets pods reference, as the node's local cache holds them.
+pub trait Objects: Send + Sync + std::fmt::Debug {
+    /// The ConfigMap `namespace/name`, `None` when the cache does not have it (yet).
+    fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
+    /// The Secret `namespace/name`, `None` when the cache does not have it (yet).
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+}
+
+/// Kind of a pod event, as `core/v1` Event `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// `Normal`.
+    Normal,
+    /// `Warning`.
+    Warning,
+}
+
+impl EventType {
+    /// The Event `type` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Where the pod workers send what they learn. The agent writes it to the API server (status
+/// subresource, events), queueing it while the server is unreachable.
+pub trait Reporter: Send + Sync + std::fmt::Debug {
+    /// The latest status of `pod` (identified by its namespace, name and uid). A later call
+    /// supersedes an earlier one.
+    fn pod_status(&self, pod: &Pod, status: PodStatus);
+    /// An event about `pod`; `field_path` as upstream (`spec.containers{name}`), `None` for
+    /// the pod itself.
+    fn event(
+        &self,
+        pod: &Pod,
+        kind: EventType,
+        reason: &str,
+        field_path: Option<String>,
+        message: String,
+    );
+}
+
+/// What the node tells its pods and containers about itself.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    /// The node's name (`spec.nodeName`, downward API `spec.nodeName`).
+    pub node_name: String,
+    /// The node's address (`status.hostIP`).
+    pub node_ip: IpAddr,
+    /// Where pod directories live on the host: `ADIR/pods/<uid>/...` (volumes, logs).
+    pub pods_dir: PathBuf,
+    /// The nameserver pods with `dnsPolicy: ClusterFirst` get, when the node runs DNS.
+    pub cluster_dns: Option<IpAddr>,
+    /// The cluster domain, `cluster.local`.
+    pub cluster_domain: String,
+}
+
+impl NodeContext {
+    /// The host directory of the pod with `uid`.
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+    /// The CRI log directory of the pod with `uid` (`log_directory` of its sandbox).
+    pub fn pod_log_dir(&self, uid: &str) -> PathBuf {
+        self.pod_dir(uid).join("logs")
+    }
+}
+
+/// The volumes of one pod as they are on the host: volume name → host path, and whether the
+/// volume is read-only by nature (configMap, secret, downwardAPI, projected).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreparedVolumes {
+    /// Volume name → its directory (or file, for a hostPath file) on the host.
+    pub paths: BTreeMap<String, PreparedVolume>,
+}
+
+/// One prepared volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedVolume {
+    /// Where it is on the host.
+    pub host_path: PathBuf,
+    /// Mounted read-only whatever the volumeMount says (configMap, secret, downwardAPI,
+    /// projected), as kubelet does.
+    pub read_only: bool,
+}
+
+/// Why a pod's volumes cannot be set up (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A ConfigMap or Secret the pod needs is not in the cache (yet); retried when it comes.
+    #[error("{kind} \"{name}\" not found")]
+    Missing {
+        /// `configmap` or `secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A key an `items` entry names is not in the object.
+    #[error("configuration key \"{key}\" not found in {kind} \"{name}\"")]
+    MissingKey {
+        /// `configmap` or `secret`.
+        kind: &'static str,
+        /// The object's name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The spec asks for something this node does not do.
+    #[error("volume {volume}: {reason}")]
+    Unsupported {
+        /// The volume name.
+        volume: String,
+        /// What is not supported.
+        reason: String,
+    },
+    /// The host refused.
+    #[error("volume {volume}: {source}")]
+    Io {
+        /// The volume name.
+        volume: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The pods' volumes on the host: set up before the containers start, refreshed while they
+/// run (configMap/secret/downwardAPI/projected contents follow their objects), torn down
+/// when the pod is gone.
+#[async_trait::async_trait]
+pub trait VolumeManager: Send + Sync + std::fmt::Debug {
+    /// Creates (or refreshes: idempotent) the volumes of `pod`.
+    async fn setup(&self, pod: &Pod, objects: &dyn Objects)
+    -> Result<PreparedVolumes, VolumeError>;
+    /// Removes the volumes of the pod with `uid` (unmounting tmpfs); idempotent.
+    async fn teardown(&self, pod_uid: &str) -> Result<(), VolumeError>;
+}
