@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -21,11 +21,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt as _, watcher::watcher};
 use kube::{Api, Client, Resource};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 use tracing::debug;
 
 /// How many events an informer holds for a subscriber that has not read them yet; one that
-/// falls further behind is resynced from the store.
+/// falls further behind is resynced from the store. Each subscriber's queue grows only as far
+/// as it falls behind, so an idle informer holds no ring of slots.
 const BUFFER: usize = 4096;
 
 /// What an informer's resource type must be.
@@ -44,9 +45,53 @@ pub struct Informer<K: Watched> {
     api: Api<K>,
     writer: Mutex<Writer<K>>,
     store: Store<K>,
-    tx: broadcast::Sender<Event<Arc<K>>>,
+    subscribers: Mutex<Vec<Weak<Queue<K>>>>,
     /// Whether the first list is complete (the store is whole).
     listed: AtomicBool,
+    /// Whether a list is being applied (between `Init` and `InitDone`): the store is not
+    /// whole until it ends.
+    listing: Arc<AtomicBool>,
+}
+
+impl<K: Watched> Drop for Informer<K> {
+    fn drop(&mut self) {
+        let subs = self
+            .subscribers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for queue in subs.drain(..).filter_map(|q| q.upgrade()) {
+            queue.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+            queue.ready.notify_one();
+        }
+    }
+}
+
+/// The events one subscriber has not read yet.
+struct Queue<K: Watched> {
+    state: Mutex<QueueState<K>>,
+    ready: Notify,
+}
+
+struct QueueState<K: Watched> {
+    events: VecDeque<Event<Arc<K>>>,
+    /// Events were dropped because the subscriber fell [`BUFFER`] behind.
+    lagged: bool,
+    /// The informer is gone: no event will come.
+    closed: bool,
+}
+
+impl<K: Watched> Queue<K> {
+    fn push(&self, ev: Event<Arc<K>>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.events.len() >= BUFFER {
+            st.events = VecDeque::new();
+            st.lagged = true;
+        } else if !st.lagged {
+            st.events.push_back(ev);
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
 }
 
 impl<K: Watched> Debug for Informer<K> {
@@ -63,13 +108,13 @@ impl<K: Watched> Informer<K> {
     pub fn new(api: Api<K>) -> Arc<Self> {
         let writer = Writer::default();
         let store = writer.as_reader();
-        let (tx, _) = broadcast::channel(BUFFER);
         Arc::new(Self {
             api,
             writer: Mutex::new(writer),
             store,
-            tx,
+            subscribers: Mutex::new(Vec::new()),
             listed: AtomicBool::new(false),
+            listing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -104,23 +149,45 @@ impl<K: Watched> Informer<K> {
                     .unwrap_or_else(|| Arc::new(obj)),
             ),
             Event::Delete(obj) => Event::Delete(Arc::new(obj)),
-            Event::Init => Event::Init,
+            Event::Init => {
+                self.listing.store(true, Ordering::Release);
+                Event::Init
+            }
             Event::InitApply(obj) => Event::InitApply(Arc::new(obj)),
             Event::InitDone => {
+                self.listing.store(false, Ordering::Release);
                 self.listed.store(true, Ordering::Release);
                 Event::InitDone
             }
         };
-        // No subscriber is not an error: the store is still kept.
-        let _ = self.tx.send(shared);
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|sub| match sub.upgrade() {
+            Some(queue) => {
+                queue.push(shared.clone());
+                true
+            }
+            None => false,
+        });
     }
 
     /// The watch events, as a watcher of the subscriber's own would give them (starting
     /// with a list of the store's content when the informer has listed already).
     pub fn events(&self) -> impl Stream<Item = Event<Arc<K>>> + Send + 'static {
-        let rx = self.tx.subscribe();
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                events: VecDeque::new(),
+                lagged: false,
+                closed: false,
+            }),
+            ready: Notify::new(),
+        });
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&queue));
         let mut sub = Subscriber {
-            rx,
+            queue,
+            informer_listing: self.listing.clone(),
             store: self.store.clone(),
             pending: VecDeque::new(),
             in_list: false,
@@ -151,7 +218,9 @@ impl<K: Watched> Informer<K> {
 
 /// One subscriber's position in an informer's events.
 struct Subscriber<K: Watched> {
-    rx: broadcast::Receiver<Event<Arc<K>>>,
+    queue: Arc<Queue<K>>,
+    /// The informer's [`Informer::listing`].
+    informer_listing: Arc<AtomicBool>,
     store: Store<K>,
     /// A relist being handed out.
     pending: VecDeque<Event<Arc<K>>>,
@@ -170,12 +239,38 @@ impl<K: Watched> Subscriber<K> {
         self.in_list = false;
     }
 
+    /// The next queued event, waiting for one; `Err(())` when events were dropped, `None`
+    /// when the informer is gone.
+    async fn recv(&self) -> Option<Result<Event<Arc<K>>, ()>> {
+        loop {
+            let notified = self.queue.ready.notified();
+            {
+                let mut st = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.lagged {
+                    st.lagged = false;
+                    return Some(Err(()));
+                }
+                if let Some(ev) = st.events.pop_front() {
+                    if st.events.is_empty() && st.events.capacity() > 64 {
+                        // A burst is over: give its memory back.
+                        st.events = VecDeque::new();
+                    }
+                    return Some(Ok(ev));
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
     async fn next(&mut self) -> Option<Event<Arc<K>>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Some(ev);
             }
-            match self.rx.recv().await {
+            match self.recv().await? {
                 Ok(Event::Init) => {
                     self.in_list = true;
                     return Some(Event::Init);
@@ -195,12 +290,15 @@ impl<K: Watched> Subscriber<K> {
                     self.relist();
                 }
                 Ok(ev) => return Some(ev),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    debug!(kind = %K::kind(&()), missed, "subscriber fell behind; relisting from the cache");
-                    // Mid-list, the store is not whole yet: wait for that list's end.
+                Err(()) => {
+                    debug!(kind = %K::kind(&()), "subscriber fell behind; relisting from the cache");
                     self.in_list = false;
+                    // Mid-list, the store is not whole yet: that list's end relists. Else
+                    // the store holds everything missed: hand it out now.
+                    if !self.informer_listing.load(Ordering::Acquire) {
+                        self.relist();
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
@@ -398,6 +496,40 @@ mod tests {
             "events were skipped, not all replayed"
         );
         assert_eq!(inf.store().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn falling_behind_between_lists_relists_from_the_store_at_once() {
+        let inf = informer();
+        inf.apply(Event::Init);
+        inf.apply(Event::InitApply(pod("p0")));
+        inf.apply(Event::InitDone);
+        let mut slow = Box::pin(inf.events());
+        assert_eq!(
+            names(&take(&mut slow, 3).await),
+            ["init", "list p0", "done"]
+        );
+        for i in 0..BUFFER + 10 {
+            inf.apply(Event::Apply(pod(&format!("q{i}"))));
+        }
+        // No list comes from the watch: the missed events come as a list of the store.
+        let relist = take(&mut slow, BUFFER + 13).await;
+        let names = names(&relist);
+        assert_eq!(names[0], "init");
+        assert_eq!(names[BUFFER + 12], "done");
+        assert!(names.contains(&format!("list q{}", BUFFER + 9)));
+        assert_eq!(inf.store().len(), BUFFER + 11);
+    }
+
+    #[tokio::test]
+    async fn subscribers_end_when_the_informer_is_gone() {
+        let inf = informer();
+        let mut sub = Box::pin(inf.events());
+        inf.apply(Event::Init);
+        inf.apply(Event::InitDone);
+        drop(inf);
+        assert_eq!(names(&take(&mut sub, 2).await), ["init", "done"]);
+        assert!(sub.next().await.is_none());
     }
 
     #[tokio::test]
