@@ -27,18 +27,18 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use edgesite_api::predicates::{is_pod_ready, is_pod_terminal};
 use edgesite_clock::{Clock, SystemClock};
+use edgesite_node::{Health, NodeFacts, NodeWriter, time_now};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
@@ -117,9 +117,12 @@ pub async fn run(
 ) -> Result<(), SimError> {
     let names: Vec<String> = (0..config.nodes).map(|i| config.node_name(i)).collect();
     let clock = config.clock;
+    let writer = NodeWriter::new(&client, FIELD_MANAGER);
     for (i, name) in names.iter().enumerate() {
-        register(&client, &*clock, name, i)
+        writer
+            .register(&*clock, &hollow_facts(name, i), &Health::healthy())
             .await
+            .map(|_| ())
             .map_err(|source| SimError::Register {
                 node: name.clone(),
                 source,
@@ -127,8 +130,8 @@ pub async fn run(
     }
     info!(nodes = names.len(), prefix = %config.prefix, "hollow nodes registered");
     let ours: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
-    let heartbeats = heartbeat_loop(client.clone(), clock.clone(), names, config.heartbeat);
-    let statuses = status_keeper(client.clone(), clock.clone(), ours.clone(), config.prefix);
+    let heartbeats = heartbeat_loop(writer.clone(), clock.clone(), names, config.heartbeat);
+    let statuses = status_keeper(writer, clock.clone(), ours.clone(), config.prefix);
     let pods = pod_loop(client, clock, ours, config.concurrency.max(1));
     tokio::select! {
         () = shutdown => info!("hollow nodes stopping"),
@@ -139,30 +142,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Unix time now on `clock`, in seconds and microseconds.
-fn now(clock: &dyn Clock) -> (i64, u32) {
-    let d = clock.now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs() as i64, d.subsec_micros())
+/// Unix time now on `clock`, in seconds.
+fn now(clock: &dyn Clock) -> i64 {
+    clock.unix_seconds()
 }
 
-/// `metav1.Time` (seconds) now.
-fn time_now(clock: &dyn Clock) -> String {
-    format_rfc3339(now(clock).0, None)
-}
-
-/// `metav1.MicroTime` now.
-fn micro_time_now(clock: &dyn Clock) -> String {
-    let (secs, micros) = now(clock);
-    format_rfc3339(secs, Some(micros))
-}
-
-fn format_rfc3339(secs: i64, micros: Option<u32>) -> String {
-    let mut s = edgesite_api::time::format_rfc3339(secs);
-    if let Some(u) = micros {
-        s.pop(); // the `Z`
-        s.push_str(&format!(".{u:06}Z"));
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
     }
-    s
 }
 
 /// The node's made-up InternalIP and the first three octets of its pod addresses.
@@ -174,182 +163,100 @@ fn node_addresses(index: usize) -> (String, String) {
     )
 }
 
-/// Creates the node (or takes over an existing one of the same name), marks it Ready and
-/// creates its Lease.
-async fn register(
-    client: &Client,
-    clock: &dyn Clock,
-    name: &str,
-    index: usize,
-) -> Result<(), kube::Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let (_, pod_net) = node_addresses(index);
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "edgesite.io/hollow": "true",
-            },
-            "annotations": {"edgesite.io/pod-network": format!("{pod_net}.0/24")},
+/// What hollow node `index` called `name` is.
+fn hollow_facts(name: &str, index: usize) -> NodeFacts {
+    let (ip, pod_net) = node_addresses(index);
+    let capacity: BTreeMap<String, String> = [
+        ("cpu", "8"),
+        ("memory", "32Gi"),
+        ("pods", "110"),
+        ("ephemeral-storage", "100Gi"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let labels = [
+        ("kubernetes.io/hostname", name),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", "amd64"),
+        ("edgesite.io/hollow", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let node_info = json!({
+        "machineID": format!("hollow-{index}"),
+        "systemUUID": format!("hollow-{index}"),
+        "bootID": format!("hollow-{index}"),
+        "kernelVersion": "hollow",
+        "osImage": "EdgeSite hollow node",
+        "containerRuntimeVersion": "hollow://0",
+        "kubeletVersion": KUBELET_VERSION,
+        "kubeProxyVersion": KUBELET_VERSION,
+        "operatingSystem": "linux",
+        "architecture": "amd64",
+    });
+    NodeFacts {
+        name: name.to_owned(),
+        labels,
+        annotations: [(
+            "edgesite.io/pod-network".to_owned(),
+            format!("{pod_net}.0/24"),
+        )]
+        .into(),
+        pod_cidr: Some(format!("{pod_net}.0/24")),
+        addresses: vec![
+            ("InternalIP".into(), ip),
+            ("Hostname".into(), name.to_owned()),
+        ],
+        allocatable: capacity.clone(),
+        capacity,
+        node_info: match node_info {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
         },
-        "spec": {"podCIDR": format!("{pod_net}.0/24")},
-    }))
-    .map_err(kube::Error::SerdeError)?;
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e),
-    }
-    post_status(&nodes, clock, name, index).await?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let lease: Lease = serde_json::from_value(json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name},
-        "spec": {
-            "holderIdentity": name,
-            "leaseDurationSeconds": 40,
-            "renewTime": micro_time_now(clock),
-        },
-    }))
-    .map_err(kube::Error::SerdeError)?;
-    match leases.create(&PostParams::default(), &lease).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => renew(&leases, clock, name).await,
-        Err(e) => Err(e),
     }
 }
 
-/// Posts node `name`'s status as a kubelet does: capacity, addresses, node info and the four
-/// kubelet conditions, healthy, with heartbeats at `clock`'s now.
-async fn post_status(
-    nodes: &Api<Node>,
-    clock: &dyn Clock,
-    name: &str,
-    index: usize,
-) -> Result<(), kube::Error> {
-    let (ip, _) = node_addresses(index);
-    let now = time_now(clock);
-    let capacity =
-        json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
-    let status = json!({"status": {
-        "capacity": capacity,
-        "allocatable": capacity,
-        "addresses": [
-            {"type": "InternalIP", "address": ip},
-            {"type": "Hostname", "address": name},
-        ],
-        "conditions": [
-            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now),
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", &now),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &now),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &now),
-        ],
-        "nodeInfo": {
-            "machineID": format!("hollow-{index}"),
-            "systemUUID": format!("hollow-{index}"),
-            "bootID": format!("hollow-{index}"),
-            "kernelVersion": "hollow",
-            "osImage": "EdgeSite hollow node",
-            "containerRuntimeVersion": "hollow://0",
-            "kubeletVersion": KUBELET_VERSION,
-            "kubeProxyVersion": KUBELET_VERSION,
-            "operatingSystem": "linux",
-            "architecture": "amd64",
-        },
-    }});
-    nodes
-        .patch_status(name, &patch_params(), &Patch::Merge(&status))
-        .await
-        .map(|_| ())
-}
-
-/// Puts the nodes' conditions back as soon as the server changed them: after a partition the
-/// node lifecycle controller marks a silent node `Unknown`, and a kubelet that is heard again
-/// re-posts its status at once (the Lease alone does not bring `Ready` back). A `Ready` of
-/// `True` or `False` is a kubelet's own report and is left alone.
+/// Puts the hollow nodes' conditions back as soon as the server changed them (see
+/// [`edgesite_node::needs_repost`]).
 async fn status_keeper(
-    client: Client,
+    writer: NodeWriter,
     clock: Arc<dyn Clock>,
     ours: Arc<HashSet<String>>,
     prefix: String,
 ) {
-    let nodes: Api<Node> = Api::all(client);
     let config = watcher::Config::default().labels("edgesite.io/hollow=true");
-    let events = watcher(nodes.clone(), config)
-        .default_backoff()
-        .applied_objects();
-    futures::pin_mut!(events);
-    while let Some(ev) = events.next().await {
-        let node = match ev {
-            Ok(node) => node,
-            Err(err) => {
-                debug!(%err, "hollow node watch failed; retrying");
-                continue;
+    edgesite_node::keep_status(writer.nodes().clone(), config, |node| {
+        let (writer, clock, ours, prefix) = (&writer, &clock, &ours, &prefix);
+        async move {
+            let name = node.name_any();
+            let Some(index) = name
+                .strip_prefix(&format!("{prefix}-"))
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|_| ours.contains(&name))
+            else {
+                return;
+            };
+            let facts = hollow_facts(&name, index);
+            if let Err(err) = writer
+                .post_status(&**clock, &facts, &Health::healthy(), Some(&node))
+                .await
+            {
+                debug!(node = %name, %err, "status post failed; retried on the next change");
             }
-        };
-        let name = node.name_any();
-        // `True` and `False` are what a kubelet reports itself (a test may play a kubelet that
-        // says not ready); `Unknown` or no Ready condition is the server's doing.
-        let reported = matches!(
-            edgesite_api::predicates::node_ready_status(&node),
-            Some("True" | "False")
-        );
-        if reported || !ours.contains(&name) {
-            continue;
         }
-        let Some(index) = name
-            .strip_prefix(&format!("{prefix}-"))
-            .and_then(|i| i.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        info!(node = %name, "the server marked the node Unknown; posting status again");
-        if let Err(err) = post_status(&nodes, &*clock, &name, index).await {
-            debug!(node = %name, %err, "status post failed; retried on the next change");
-        }
-    }
-}
-
-fn condition(kind: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
-    json!({
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastHeartbeatTime": now,
-        "lastTransitionTime": now,
     })
-}
-
-fn patch_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    }
-}
-
-async fn renew(leases: &Api<Lease>, clock: &dyn Clock, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({"spec": {"holderIdentity": name, "renewTime": micro_time_now(clock)}});
-    leases
-        .patch(name, &patch_params(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
+    .await;
 }
 
 /// Renews every node's Lease each `every`, spread over the interval.
 async fn heartbeat_loop(
-    client: Client,
+    writer: NodeWriter,
     clock: Arc<dyn Clock>,
     names: Vec<String>,
     every: Duration,
 ) {
-    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let gap = every / u32::try_from(names.len().max(1)).unwrap_or(u32::MAX);
     // A fixed cadence: the time a renewal takes does not stretch the round.
     let mut tick = tokio::time::interval(gap.max(Duration::from_micros(100)));
@@ -357,7 +264,7 @@ async fn heartbeat_loop(
     loop {
         for name in &names {
             tick.tick().await;
-            if let Err(err) = renew(&leases, &*clock, name).await {
+            if let Err(err) = writer.renew(&*clock, name).await {
                 debug!(node = %name, %err, "lease renewal failed; retried next round");
             }
         }
@@ -529,7 +436,7 @@ async fn serve_pod(server: &PodServer, pod: &Pod) -> Result<(), kube::Error> {
         if finite {
             // Seen again (e.g. after the simulator restarted): exit when the run is over.
             let elapsed = started_at(pod)
-                .map(|t| u64::try_from(now(&*server.clock).0 - t).unwrap_or(0))
+                .map(|t| u64::try_from(now(&*server.clock) - t).unwrap_or(0))
                 .unwrap_or(0);
             server.time(
                 pod,
@@ -773,11 +680,6 @@ mod tests {
 
     #[test]
     fn times_and_addresses() {
-        assert_eq!(format_rfc3339(0, None), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_rfc3339(1_709_251_199, Some(42)),
-            "2024-02-29T23:59:59.000042Z"
-        );
         assert_eq!(node_addresses(0), ("10.100.0.1".into(), "10.200.0".into()));
         assert_eq!(
             node_addresses(251),
@@ -790,10 +692,13 @@ mod tests {
     #[test]
     fn reported_times_come_from_the_configured_clock() {
         let clock = edgesite_clock::ManualClock::new();
-        let (secs, micros) = now(&clock);
-        assert_eq!(now(&clock), (secs, micros));
+        let secs = now(&clock);
+        assert_eq!(now(&clock), secs);
         clock.advance(Duration::from_secs(90));
-        assert_eq!(now(&clock), (secs + 90, micros));
-        assert_eq!(time_now(&clock), format_rfc3339(secs + 90, None));
+        assert_eq!(now(&clock), secs + 90);
+        assert_eq!(
+            time_now(&clock),
+            edgesite_api::time::format_rfc3339(secs + 90)
+        );
     }
 }
