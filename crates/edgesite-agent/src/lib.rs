@@ -2,6 +2,7 @@
 //!
 //! - [`cri`]: the [`cri::Runtime`] trait (the CRI v1 calls the pod workers make) and
 //!   [`cri::CriRuntime`], CRI v1 gRPC over containerd's unix socket;
+//! - [`cache`]: the node's local cache on disk, the only source the pod workers read;
 //! - [`cni`]: the pods' network, a CNI bridge per agent from the node's pod CIDR, and its
 //!   cleanup;
 //! - [`containerd`]: a containerd owned and supervised by the agent, with its own generated
@@ -14,6 +15,8 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 #![warn(missing_docs)]
 
+#[cfg(feature = "runtime")]
+pub mod cache;
 #[cfg(feature = "runtime")]
 pub mod cni;
 #[cfg(feature = "runtime")]
