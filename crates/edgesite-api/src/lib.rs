@@ -10,6 +10,7 @@ pub mod decode;
 pub mod discovery;
 pub mod openapi;
 pub mod patch;
+pub mod pod_refs;
 pub mod predicates;
 pub mod protobuf;
 pub mod quantity;
