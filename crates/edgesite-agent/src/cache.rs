@@ -144,11 +144,15 @@ impl LocalCache {
         };
         let store = match EmbeddedStore::open(config()).await {
             Ok(store) => store,
-            Err(err) if path.exists() => {
+            Err(err @ edgesite_store::Error::Unusable { damaged: true, .. }) => {
                 let aside = dir.join("state.redb.damaged");
                 warn!(path = %path.display(), %err, aside = %aside.display(),
                       "the local cache is damaged; moving it aside and starting empty (the server fills it again)");
                 std::fs::rename(&path, &aside).map_err(io)?;
+                let wal = dir.join("state.redb.wal");
+                if wal.exists() {
+                    std::fs::rename(&wal, dir.join("state.redb.wal.damaged")).map_err(io)?;
+                }
                 EmbeddedStore::open(config())
                     .await
                     .map_err(|source| CacheError::Store {
@@ -489,5 +493,16 @@ mod tests {
         assert!(cache.all::<Pod>().is_empty());
         assert!(dir.path().join("state.redb.damaged").exists());
         cache.put(pod("a", "1")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cache_in_use_is_an_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, _rx) = LocalCache::open(dir.path()).await.unwrap();
+        cache.put(pod("a", "1")).await.unwrap();
+        let err = LocalCache::open(dir.path()).await.unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert!(!dir.path().join("state.redb.damaged").exists());
+        assert!(cache.get::<Pod>("default/a").is_some());
     }
 }

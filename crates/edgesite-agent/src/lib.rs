@@ -10,6 +10,7 @@
 //! - [`images`]: importing OCI tarballs into containerd's `k8s.io` namespace, the agent's pause
 //!   image;
 //! - [`pod`]: the pod workers and what they need (CRI configurations, volumes, status);
+//! - [`sync`]: the node-scoped watches that feed the cache;
 //! - [`oci`]: building single-layer OCI image-layout tarballs from host files (no IO beyond
 //!   files; the only module compiled without the `runtime` feature, for the testkit).
 #![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
@@ -28,3 +29,5 @@ pub mod images;
 pub mod oci;
 #[cfg(feature = "runtime")]
 pub mod pod;
+#[cfg(feature = "runtime")]
+pub mod sync;

@@ -72,6 +72,10 @@ pub enum Error {
         path: String,
         /// What is wrong and what to do about it.
         reason: String,
+        /// The file's content is unreadable (damaged or foreign), as opposed to the file being
+        /// in use, unreachable or of a newer format: moving it away and starting empty is a
+        /// way out (for a cache that can be filled again).
+        damaged: bool,
     },
     /// Writing to disk failed (full disk, I/O error); nothing of the failed write is stored.
     #[error("store write failed, nothing was stored: {0}")]

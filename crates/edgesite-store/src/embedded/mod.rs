@@ -322,7 +322,7 @@ impl EmbeddedStore {
         let (db, recovered) = match opened {
             Ok(r) => r?,
             Err(e) => {
-                return Err(unusable(
+                return Err(damaged(
                     &config.path,
                     format!(
                         "the file is damaged (reading it failed: {e}); restore it from a backup or move it away to start empty"
@@ -532,7 +532,7 @@ fn open_db(cfg: &EmbeddedConfig) -> Result<(Database, Recovered)> {
         {
             unusable(path, format!("I/O error: {io}"))
         }
-        other => unusable(
+        other => damaged(
             path,
             format!(
                 "it is not an EdgeSite store or it is damaged ({other}); restore it from a backup or move it away to start empty"
@@ -550,7 +550,7 @@ fn open_db(cfg: &EmbeddedConfig) -> Result<(Database, Recovered)> {
         }
     };
     let records = wal::read(&wal_path)
-        .map_err(|e| unusable(path, format!("cannot read its write-ahead log: {e}")))?;
+        .map_err(|e| damaged(path, format!("cannot read its write-ahead log: {e}")))?;
     let pending: Vec<_> = records
         .into_iter()
         .filter(|r| r.seq > recovered.wal_seq)
@@ -558,7 +558,7 @@ fn open_db(cfg: &EmbeddedConfig) -> Result<(Database, Recovered)> {
     if let Some(first) = pending.first()
         && first.seq != recovered.wal_seq + 1
     {
-        return Err(unusable(
+        return Err(damaged(
             path,
             format!(
                 "its write-ahead log {} does not continue it (next batch {}, log starts at {}); it belongs to another copy of the database",
@@ -597,7 +597,7 @@ fn read_recovered(db: &Database, path: &std::path::Path) -> Result<Option<Recove
                     ));
                 }
                 None => {
-                    return Err(unusable(
+                    return Err(damaged(
                         path,
                         "it is a redb database of another program, not an EdgeSite store".into(),
                     ));
@@ -623,7 +623,7 @@ fn read_recovered(db: &Database, path: &std::path::Path) -> Result<Option<Recove
         }
         Err(TableError::TableDoesNotExist(_)) => {
             if txn.list_tables().map_err(storage_err)?.next().is_some() {
-                return Err(unusable(
+                return Err(damaged(
                     path,
                     "it is a redb database of another program, not an EdgeSite store".into(),
                 ));
@@ -667,6 +667,16 @@ fn unusable(path: &std::path::Path, reason: String) -> Error {
     Error::Unusable {
         path: path.display().to_string(),
         reason,
+        damaged: false,
+    }
+}
+
+/// [`Error::Unusable`] for a file whose content cannot be read.
+fn damaged(path: &std::path::Path, reason: String) -> Error {
+    Error::Unusable {
+        path: path.display().to_string(),
+        reason,
+        damaged: true,
     }
 }
 
