@@ -144,7 +144,7 @@ impl LocalCache {
         };
         let store = match EmbeddedStore::open(config()).await {
             Ok(store) => store,
-            Err(err @ edgesite_store::Error::Unusable { damaged: true, .. }) => {
+            Err(err @ edgesite_store::Error::Damaged { .. }) => {
                 let aside = dir.join("state.redb.damaged");
                 warn!(path = %path.display(), %err, aside = %aside.display(),
                       "the local cache is damaged; moving it aside and starting empty (the server fills it again)");

@@ -72,10 +72,16 @@ pub enum Error {
         path: String,
         /// What is wrong and what to do about it.
         reason: String,
-        /// The file's content is unreadable (damaged or foreign), as opposed to the file being
-        /// in use, unreachable or of a newer format: moving it away and starting empty is a
-        /// way out (for a cache that can be filled again).
-        damaged: bool,
+    },
+    /// The database file's content is unreadable (damaged, or another program's), as opposed
+    /// to [`Error::Unusable`] (in use, unreachable, a newer format): moving it away and
+    /// starting empty is a way out, for a cache that can be filled again.
+    #[error("cannot open store {path}: {reason}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong and what to do about it.
+        reason: String,
     },
     /// Writing to disk failed (full disk, I/O error); nothing of the failed write is stored.
     #[error("store write failed, nothing was stored: {0}")]

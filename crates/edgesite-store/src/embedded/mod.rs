@@ -667,16 +667,14 @@ fn unusable(path: &std::path::Path, reason: String) -> Error {
     Error::Unusable {
         path: path.display().to_string(),
         reason,
-        damaged: false,
     }
 }
 
 /// [`Error::Unusable`] for a file whose content cannot be read.
 fn damaged(path: &std::path::Path, reason: String) -> Error {
-    Error::Unusable {
+    Error::Damaged {
         path: path.display().to_string(),
         reason,
-        damaged: true,
     }
 }
 

@@ -54,7 +54,7 @@ async fn refuses_foreign_and_damaged_files() {
     let err = EmbeddedStore::open(EmbeddedConfig::new(&path))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Unusable { .. }), "{err}");
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
     assert!(err.to_string().contains("not an EdgeSite store"), "{err}");
     // The refused file is left as it was.
     assert!(
@@ -275,7 +275,7 @@ async fn refuses_a_damaged_file_and_leaves_it_alone() {
     let err = EmbeddedStore::open(EmbeddedConfig::new(&path))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Unusable { .. }), "{err}");
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
     assert!(err.to_string().contains("damaged"), "{err}");
     assert_eq!(
         std::fs::read(&path).unwrap(),
