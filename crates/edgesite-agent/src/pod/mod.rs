@@ -22,7 +22,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 
+pub use resources::NodeResources;
+
+mod atomic_writer;
 pub mod config;
+pub mod env;
+pub mod resources;
 pub mod volumes;
 pub mod worker;
 
@@ -84,6 +89,16 @@ pub struct NodeContext {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster domain, `cluster.local`.
     pub cluster_domain: String,
+    /// The node's capacity: memory for the OOM score of Burstable containers.
+    pub capacity: NodeResources,
+    /// What pods may use: the downward API's value of an unset limit, the default size of
+    /// a memory-backed emptyDir.
+    pub allocatable: NodeResources,
+    /// The resolv.conf pods with `dnsPolicy: Default` copy (and ClusterFirst ones without
+    /// cluster DNS), `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
+    /// The hosts file host-network pods see as `/etc/hosts`, `/etc/hosts`.
+    pub host_hosts_file: PathBuf,
 }
 
 impl NodeContext {
@@ -94,6 +109,10 @@ impl NodeContext {
     /// The CRI log directory of the pod with `uid` (`log_directory` of its sandbox).
     pub fn pod_log_dir(&self, uid: &str) -> PathBuf {
         self.pod_dir(uid).join("logs")
+    }
+    /// The `/etc/hosts` file kubelet-style managed for the pod with `uid`.
+    pub fn pod_etc_hosts(&self, uid: &str) -> PathBuf {
+        self.pod_dir(uid).join("etc-hosts")
     }
 }
 
@@ -135,6 +154,15 @@ pub enum VolumeError {
         name: String,
         /// The key.
         key: String,
+    },
+    /// The spec asks for something the host does not satisfy (a hostPath of the wrong type,
+    /// a path escaping the volume).
+    #[error("volume {volume}: {reason}")]
+    Invalid {
+        /// The volume name.
+        volume: String,
+        /// What is wrong, upstream's words where there are some.
+        reason: String,
     },
     /// The spec asks for something this node does not do.
     #[error("volume {volume}: {reason}")]
