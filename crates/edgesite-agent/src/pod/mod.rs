@@ -28,6 +28,8 @@ mod atomic_writer;
 pub mod config;
 pub mod env;
 pub mod resources;
+#[cfg(test)]
+mod test_support;
 pub mod volumes;
 pub mod worker;
 
