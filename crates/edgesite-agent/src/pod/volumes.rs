@@ -609,7 +609,6 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 1
             && b.get(i + 1..i + 4)
                 .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
         {
