@@ -5,7 +5,9 @@
 //!   restarts with back-off, probes, graceful termination) over a [`Runtime`];
 //! - [`status`]: the pod status a worker computes from what the runtime reports;
 //! - [`config`]: the CRI sandbox and container configurations of a pod (command, env,
-//!   mounts, resources, security context);
+//!   mounts, resources, security context), with [`env`](mod@env) (environment, `$(VAR)` expansion,
+//!   downward API fields) and [`resources`] (QoS class, CPU shares/quota, memory limit, OOM
+//!   score);
 //! - [`volumes`]: the pod's volumes on the host (emptyDir, hostPath, configMap, secret,
 //!   downwardAPI, projected), behind [`VolumeManager`].
 //!
@@ -104,6 +106,29 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    /// A node context without resource figures (zero: Burstable OOM scores at their
+    /// maximum, unset limits reported as 0) reading the host's `/etc/resolv.conf` and
+    /// `/etc/hosts`; set [`NodeContext::capacity`] and [`NodeContext::allocatable`] (for
+    /// example to [`NodeResources::of_host`]) for real numbers.
+    pub fn new(
+        node_name: impl Into<String>,
+        node_ip: IpAddr,
+        pods_dir: impl Into<PathBuf>,
+        cluster_dns: Option<IpAddr>,
+        cluster_domain: impl Into<String>,
+    ) -> Self {
+        NodeContext {
+            node_name: node_name.into(),
+            node_ip,
+            pods_dir: pods_dir.into(),
+            cluster_dns,
+            cluster_domain: cluster_domain.into(),
+            capacity: NodeResources::default(),
+            allocatable: NodeResources::default(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            host_hosts_file: PathBuf::from("/etc/hosts"),
+        }
+    }
     /// The host directory of the pod with `uid`.
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)

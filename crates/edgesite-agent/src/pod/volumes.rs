@@ -7,7 +7,7 @@
 //! volume must be (no IO, so a missing ConfigMap is reported before anything is touched),
 //! then the plan is applied on a blocking thread. Secret and projected volumes are tmpfs
 //! (their contents never reach the disk), as are `medium: Memory` emptyDirs; configMap,
-//! secret, downwardAPI and projected contents go through the [atomic writer], so running
+//! secret, downwardAPI and projected contents go through kubelet's atomic writer, so running
 //! setup again follows the objects' changes and rewrites nothing when nothing changed.
 //!
 //! Not here: fsGroup ownership of volume files (they stay root's, modes as the spec says),
@@ -15,8 +15,6 @@
 //! `serviceAccountToken` and `clusterTrustBundle` sources (skipped with a warning: the
 //! service account admission adds a token source to nearly every pod, which must still run),
 //! and every network or claim-based volume type (refused as unsupported).
-//!
-//! [atomic writer]: super::atomic_writer
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};

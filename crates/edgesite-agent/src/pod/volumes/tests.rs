@@ -18,7 +18,6 @@ fn require_root() {
 struct Fixture {
     dir: tempfile::TempDir,
     volumes: HostVolumes,
-    node: NodeContext,
 }
 
 impl Fixture {
@@ -27,8 +26,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let node = node(dir.path());
         Fixture {
-            volumes: HostVolumes::new(node.clone()),
-            node,
+            volumes: HostVolumes::new(node),
             dir,
         }
     }
