@@ -80,6 +80,28 @@ pub const ANNOTATION_TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.termina
 
 /// The termination message path of containers that do not set one.
 pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// What containers do not see of /proc and /sys (upstream `defaultMaskedPaths`).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// What containers see read-only of /proc (upstream `defaultReadonlyPaths`).
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 /// Most nameservers a resolv.conf may list (glibc's `MAXNS`).
 const MAX_NAMESERVERS: usize = 3;
 /// Most search domains kubelet passes on.
@@ -468,6 +490,8 @@ pub fn container_config(
 ) -> Result<cri::ContainerConfig, ConfigError> {
     let spec = spec(pod)?;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // Everything that can refuse the spec before anything is written to the host.
+    let security_context = container_security_context(pod, container)?;
     let env = container_env(pod, container, objects, node, pod_ip)?;
 
     let command = container
@@ -565,7 +589,7 @@ pub fn container_config(
         tty: container.tty == Some(true),
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(linux_resources(pod, container, node)),
-            security_context: Some(container_security_context(pod, container)?),
+            security_context: Some(security_context),
         }),
         ..Default::default()
     })
@@ -815,6 +839,7 @@ pub fn container_security_context(
         }
     }
     let privileged = csc.and_then(|s| s.privileged) == Some(true);
+    let unmasked = csc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
     let capabilities = csc
         .and_then(|s| s.capabilities.as_ref())
         .map(|c| cri::Capability {
@@ -836,6 +861,22 @@ pub fn container_security_context(
         // Privilege escalation is allowed unless explicitly refused, and always for
         // privileged containers (upstream `AddNoNewPrivileges`).
         no_new_privs: !privileged && csc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+        // Privileged containers see all of /proc and /sys, as upstream. (An empty list
+        // reaches containerd as "unset", which keeps its own defaults: `procMount:
+        // Unmasked`, which upstream allows only with a user namespace, changes nothing.)
+        masked_paths: if privileged || unmasked {
+            Vec::new()
+        } else {
+            DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect()
+        },
+        readonly_paths: if privileged || unmasked {
+            Vec::new()
+        } else {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        },
         seccomp: Some(if privileged {
             seccomp(None)?
         } else {

@@ -285,6 +285,16 @@ fn security_contexts_map_to_cri() {
         sc.seccomp.unwrap().profile_type,
         cri::security_profile::ProfileType::RuntimeDefault as i32
     );
+    assert!(
+        sc.masked_paths.iter().any(|p| p == "/proc/kcore"),
+        "{:?}",
+        sc.masked_paths
+    );
+    assert!(
+        sc.readonly_paths.iter().any(|p| p == "/proc/sys"),
+        "{:?}",
+        sc.readonly_paths
+    );
 
     // Defaults: escalation allowed, unconfined, the image's user.
     let sc = security(json!({}), json!({})).unwrap();
@@ -306,6 +316,7 @@ fn security_contexts_map_to_cri() {
     )
     .unwrap();
     assert!(sc.privileged && !sc.no_new_privs);
+    assert!(sc.masked_paths.is_empty() && sc.readonly_paths.is_empty());
 
     let sc = security(
         json!({}),
@@ -531,6 +542,20 @@ fn container_config_refuses_what_cannot_be_mounted() {
         json!({"privileged": true}),
     )
     .unwrap();
+    // A refused spec writes nothing to the host (no /etc/hosts, no termination log).
+    let p = pod(json!({"containers": [{"name": "c", "securityContext": {"runAsNonRoot": true}}]}));
+    let c = &p.spec.as_ref().unwrap().containers[0];
+    container_config(
+        &p,
+        c,
+        0,
+        &volumes,
+        &FakeObjects::default(),
+        &n,
+        Some("10.42.0.9"),
+    )
+    .unwrap_err();
+    assert!(!n.pod_dir("uid-1").exists());
     // A missing ConfigMap is the config error the worker reports as CreateContainerConfigError.
     let p = pod(
         json!({"containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k"}}}]}]}),
