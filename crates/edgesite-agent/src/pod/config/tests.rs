@@ -543,7 +543,9 @@ fn container_config_refuses_what_cannot_be_mounted() {
     )
     .unwrap();
     // A refused spec writes nothing to the host (no /etc/hosts, no termination log).
-    let p = pod(json!({"containers": [{"name": "c", "securityContext": {"runAsNonRoot": true}}]}));
+    let mut p =
+        pod(json!({"containers": [{"name": "c", "securityContext": {"runAsNonRoot": true}}]}));
+    p.metadata.uid = Some("uid-refused".into());
     let c = &p.spec.as_ref().unwrap().containers[0];
     container_config(
         &p,
@@ -555,7 +557,7 @@ fn container_config_refuses_what_cannot_be_mounted() {
         Some("10.42.0.9"),
     )
     .unwrap_err();
-    assert!(!n.pod_dir("uid-1").exists());
+    assert!(!n.pod_dir("uid-refused").exists());
     // A missing ConfigMap is the config error the worker reports as CreateContainerConfigError.
     let p = pod(
         json!({"containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k"}}}]}]}),
