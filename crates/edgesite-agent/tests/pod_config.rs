@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use edgesite_agent::cri::Runtime;
 use edgesite_agent::cri::v1 as cri;
-use edgesite_agent::pod::config::{container_config, sandbox_config};
+use edgesite_agent::pod::config::{ResolvConf, container_config, sandbox_config};
 use edgesite_agent::pod::resources::oom_score_adj;
 use edgesite_agent::pod::volumes::HostVolumes;
 use edgesite_agent::pod::{NodeContext, NodeResources, Objects, VolumeManager};
@@ -89,6 +89,7 @@ async fn a_container_sees_its_config_map_env_volume_and_memory_limit() {
                    cat /sys/fs/cgroup/memory.max) > /out/mem; \
                   cat /proc/self/oom_score_adj > /out/oom; \
                   echo bye > /dev/termination-log; \
+                  cat /etc/resolv.conf > /out/resolv; cat /etc/hosts > /out/hosts; \
                   touch /out/done; exec sleep 3600";
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "cfg-pod", "namespace": "default", "uid": "uid-cfg", "labels": {"app": "cfg"}},
@@ -157,6 +158,17 @@ async fn a_container_sees_its_config_map_env_volume_and_memory_limit() {
     assert_eq!(read("mem").trim(), (64u64 << 20).to_string());
     let want_oom = oom_score_adj(&pod, &spec_container, node.capacity.memory_bytes);
     assert_eq!(read("oom").trim(), want_oom.to_string());
+    // The host's DNS (host network, no cluster DNS) and the node's hosts file.
+    let host_dns = ResolvConf::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap());
+    let seen_dns = ResolvConf::parse(&read("resolv"));
+    assert_eq!(seen_dns.servers, host_dns.servers);
+    assert_eq!(seen_dns.searches, host_dns.searches);
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
+    assert!(
+        read("hosts").starts_with(&host_hosts),
+        "{:?}",
+        read("hosts")
+    );
     let log = node.pod_dir("uid-cfg").join("containers/app/0");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "bye\n");
 
