@@ -5,7 +5,8 @@
 //! configurations come from `sandbox_config`/`container_config` over what `HostVolumes`
 //! prepared; the container writes what it sees (env from the ConfigMap, the mounted file,
 //! its memory limit and OOM score, its termination message) into the emptyDir, which the
-//! test reads on the host, along with the container's cgroup limits.
+//! test reads on the host, along with the container's cgroup limits; then a ConfigMap
+//! change reaches the file the running container reads.
 #![allow(clippy::disallowed_methods)] // a system test: it waits for real processes
 
 use std::collections::BTreeMap;
@@ -90,7 +91,9 @@ async fn a_container_sees_its_config_map_env_volume_and_memory_limit() {
                   cat /proc/self/oom_score_adj > /out/oom; \
                   echo bye > /dev/termination-log; \
                   cat /etc/resolv.conf > /out/resolv; cat /etc/hosts > /out/hosts; \
-                  touch /out/done; exec sleep 3600";
+                  touch /out/done; \
+                  while :; do cat /etc/cfg/file.txt > /out/live.tmp; mv /out/live.tmp /out/live; \
+                  usleep 50000; done";
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "cfg-pod", "namespace": "default", "uid": "uid-cfg", "labels": {"app": "cfg"}},
         "spec": {
@@ -189,6 +192,31 @@ async fn a_container_sees_its_config_map_env_volume_and_memory_limit() {
         assert_eq!(std::fs::read_to_string(quota).unwrap().trim(), "50000");
         let shares = cgroup_file(&id, "cpu", "cpu.shares", "");
         assert_eq!(std::fs::read_to_string(shares).unwrap().trim(), "256");
+    }
+
+    // A ConfigMap change reaches the running container's mounted file once setup runs
+    // again: the `..data` swap happens inside the bind-mounted directory.
+    let mut changed = (*cache.config_maps["default/cfg"]).clone();
+    changed
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("file.txt".into(), "updated\n".into());
+    cache
+        .config_maps
+        .insert("default/cfg".into(), Arc::new(changed));
+    volumes.setup(&pod, &cache).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = std::fs::read_to_string(out.join("live")).unwrap_or_default();
+        if live == "updated\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container still sees {live:?} 10 s after the update"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     runtime.stop_container(&id, 0).await.unwrap();
