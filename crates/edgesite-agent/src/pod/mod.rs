@@ -5,7 +5,9 @@
 //!   restarts with back-off, probes, graceful termination) over a [`Runtime`];
 //! - [`status`]: the pod status a worker computes from what the runtime reports;
 //! - [`config`]: the CRI sandbox and container configurations of a pod (command, env,
-//!   mounts, resources, security context);
+//!   mounts, resources, security context), with [`env`](mod@env) (environment, `$(VAR)` expansion,
+//!   downward API fields) and [`resources`] (QoS class, CPU shares/quota, memory limit, OOM
+//!   score);
 //! - [`volumes`]: the pod's volumes on the host (emptyDir, hostPath, configMap, secret,
 //!   downwardAPI, projected), behind [`VolumeManager`].
 //!
@@ -22,7 +24,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 
+pub use resources::NodeResources;
+
+mod atomic_writer;
 pub mod config;
+pub mod env;
+pub mod resources;
+#[cfg(test)]
+mod test_support;
 pub mod volumes;
 pub mod worker;
 
@@ -84,9 +93,42 @@ pub struct NodeContext {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster domain, `cluster.local`.
     pub cluster_domain: String,
+    /// The node's capacity: memory for the OOM score of Burstable containers.
+    pub capacity: NodeResources,
+    /// What pods may use: the downward API's value of an unset limit, the default size of
+    /// a memory-backed emptyDir.
+    pub allocatable: NodeResources,
+    /// The resolv.conf pods with `dnsPolicy: Default` copy (and ClusterFirst ones without
+    /// cluster DNS), `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
+    /// The hosts file host-network pods see as `/etc/hosts`, `/etc/hosts`.
+    pub host_hosts_file: PathBuf,
 }
 
 impl NodeContext {
+    /// A node context without resource figures (zero: Burstable OOM scores at their
+    /// maximum, unset limits reported as 0) reading the host's `/etc/resolv.conf` and
+    /// `/etc/hosts`; set [`NodeContext::capacity`] and [`NodeContext::allocatable`] (for
+    /// example to [`NodeResources::of_host`]) for real numbers.
+    pub fn new(
+        node_name: impl Into<String>,
+        node_ip: IpAddr,
+        pods_dir: impl Into<PathBuf>,
+        cluster_dns: Option<IpAddr>,
+        cluster_domain: impl Into<String>,
+    ) -> Self {
+        NodeContext {
+            node_name: node_name.into(),
+            node_ip,
+            pods_dir: pods_dir.into(),
+            cluster_dns,
+            cluster_domain: cluster_domain.into(),
+            capacity: NodeResources::default(),
+            allocatable: NodeResources::default(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            host_hosts_file: PathBuf::from("/etc/hosts"),
+        }
+    }
     /// The host directory of the pod with `uid`.
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)
@@ -94,6 +136,10 @@ impl NodeContext {
     /// The CRI log directory of the pod with `uid` (`log_directory` of its sandbox).
     pub fn pod_log_dir(&self, uid: &str) -> PathBuf {
         self.pod_dir(uid).join("logs")
+    }
+    /// The `/etc/hosts` file kubelet-style managed for the pod with `uid`.
+    pub fn pod_etc_hosts(&self, uid: &str) -> PathBuf {
+        self.pod_dir(uid).join("etc-hosts")
     }
 }
 
@@ -135,6 +181,15 @@ pub enum VolumeError {
         name: String,
         /// The key.
         key: String,
+    },
+    /// The spec asks for something the host does not satisfy (a hostPath of the wrong type,
+    /// a path escaping the volume).
+    #[error("volume {volume}: {reason}")]
+    Invalid {
+        /// The volume name.
+        volume: String,
+        /// What is wrong, upstream's words where there are some.
+        reason: String,
     },
     /// The spec asks for something this node does not do.
     #[error("volume {volume}: {reason}")]
