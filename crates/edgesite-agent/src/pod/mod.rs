@@ -22,9 +22,17 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 
+pub mod backoff;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod plan;
+pub mod probe;
+pub mod status;
 pub mod volumes;
 pub mod worker;
+
+pub use worker::{Allocatable, PodWorkers, WorkerOptions};
 
 /// The ConfigMaps and Secrets pods reference, as the node's local cache holds them.
 pub trait Objects: Send + Sync + std::fmt::Debug {
@@ -69,6 +77,10 @@ pub trait Reporter: Send + Sync + std::fmt::Debug {
         field_path: Option<String>,
         message: String,
     );
+    /// `pod` (which has a deletionTimestamp) is terminated on this node: its containers
+    /// and sandbox are gone and its final status was reported before this call. The pod may
+    /// now be deleted from the API (kubelet deletes it with grace period 0).
+    fn pod_terminated(&self, pod: &Pod);
 }
 
 /// What the node tells its pods and containers about itself.
