@@ -62,6 +62,14 @@ impl Backoff {
         }
     }
 
+    /// Whether `key` must still wait at `now` since its last retry (images: the failed pull
+    /// is the retry).
+    pub fn in_backoff_since_update(&self, key: &str, now: i64) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| now.saturating_sub(e.last_update) < nanos(e.backoff))
+    }
+
     /// When `key`, which last failed at `event`, may be retried (ns); `None` when it may now.
     pub fn retry_at(&self, key: &str, event: i64, now: i64) -> Option<i64> {
         if !self.in_backoff_since(key, event, now) {

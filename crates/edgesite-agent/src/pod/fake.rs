@@ -167,9 +167,10 @@ impl FakeRuntime {
         lock(&self.state).behaviour.insert(name.into(), b);
     }
 
-    /// Exec in containers of `name` exits with `code` from now on.
-    pub fn exec_exits(&self, name: &str, code: i32) {
-        lock(&self.state).exec.insert(name.into(), code);
+    /// Exec of `cmd` (its words joined by spaces) in containers of `name` exits with `code`
+    /// from now on (0 when never said).
+    pub fn exec_exits(&self, name: &str, cmd: &str, code: i32) {
+        lock(&self.state).exec.insert(format!("{name} {cmd}"), code);
     }
 
     /// Adds an image.
@@ -566,7 +567,11 @@ impl Runtime for FakeRuntime {
         self.refresh(&mut st);
         let c = st.containers.get(id).ok_or_else(|| not_found("ExecSync"))?;
         let name = cname(&c.config);
-        let code = st.exec.get(&name).copied().unwrap_or(0);
+        let code = st
+            .exec
+            .get(&format!("{name} {}", cmd.join(" ")))
+            .copied()
+            .unwrap_or(0);
         drop(st);
         self.record(Call::ExecSync(name, cmd));
         Ok(cri::ExecSyncResponse {

@@ -305,7 +305,7 @@ impl PodWorkers {
         let over = |name: &str, want: i64, used: i64, cap: i64| {
             (want > 0 && want + used > cap).then(|| {
                 (
-                    format!("Outof{name}"),
+                    format!("OutOf{name}"),
                     format!(
                         "Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {cap}"
                     ),
@@ -1212,7 +1212,7 @@ impl Worker {
         );
 
         // Images: this node never pulls; an image is there or it is not.
-        if self.image_backoff.in_backoff_since(&image, now, now) {
+        if self.image_backoff.in_backoff_since_update(&image, now) {
             let message = format!("Back-off pulling image \"{image}\"");
             reporter.event(&pod, EventType::Normal, "BackOff", fp, message.clone());
             return Err(Waiting::new("ImagePullBackOff", message));
