@@ -1181,6 +1181,21 @@ impl Worker {
             LABEL_POD_NAMESPACE.into(),
             meta.namespace.clone().unwrap_or_default(),
         );
+        // A host-network pod must get the node's network even from a configuration that
+        // leaves the namespaces unsaid (its hostname is the node's then: runc refuses one).
+        if self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            let linux = cfg.linux.get_or_insert_with(Default::default);
+            let sc = linux.security_context.get_or_insert_with(Default::default);
+            if sc.namespace_options.is_none() {
+                sc.namespace_options = Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                });
+                cfg.hostname.clear();
+            }
+        }
     }
 
     /// Image check, configuration, CreateContainer, StartContainer; the waiting state when

@@ -145,7 +145,9 @@ impl Harness {
 #[tokio::test(start_paused = true)]
 async fn a_pod_gets_a_sandbox_then_its_containers_and_reports_running() {
     let h = harness();
-    h.workers.update(pod(json!({"containers": [{"name": "app"}, {"name": "side"}]})));
+    h.workers.update(pod(
+        json!({"containers": [{"name": "app"}, {"name": "side"}]}),
+    ));
     pass(2).await;
     assert_eq!(
         h.rt.calls(),
@@ -174,7 +176,10 @@ async fn a_pod_gets_a_sandbox_then_its_containers_and_reports_running() {
     assert_eq!(app.image, IMAGE);
     assert_eq!(app.image_id, "sha256:feed");
     assert!(
-        app.container_id.as_deref().unwrap().starts_with("containerd://"),
+        app.container_id
+            .as_deref()
+            .unwrap()
+            .starts_with("containerd://"),
         "{app:?}"
     );
     assert!(app.state.as_ref().unwrap().running.is_some());
@@ -218,15 +223,13 @@ async fn crash_loop_back_off_doubles_from_ten_seconds_to_five_minutes_and_starts
         start_error: None,
     };
     h.rt.behave("app", fail_fast.clone());
-    h.workers.update(pod(json!({"containers": [{"name": "app"}]})));
+    h.workers
+        .update(pod(json!({"containers": [{"name": "app"}]})));
     // 1 + 10 + 20 + 40 + 80 + 160 + 300 + 300 s of waiting, plus a second of running each.
     pass(930).await;
     let t = starts(&h, "app");
     assert_eq!(t.len(), 9, "{t:?}");
-    let waits: Vec<u64> = t
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs() - 1)
-        .collect();
+    let waits: Vec<u64> = t.windows(2).map(|w| (w[1] - w[0]).as_secs() - 1).collect();
     // The first restart waits for the relist to notice the exit (at most 1 s), then each
     // waits its back-off exactly.
     assert!(waits[0] <= 1, "{waits:?}");
@@ -235,15 +238,32 @@ async fn crash_loop_back_off_doubles_from_ten_seconds_to_five_minutes_and_starts
     // Between restarts: CrashLoopBackOff, with the last exit as lastState.
     pass(30).await;
     let s = h.last();
-    assert_eq!(waiting_reason(&s, "app").as_deref(), Some("CrashLoopBackOff"));
+    assert_eq!(
+        waiting_reason(&s, "app").as_deref(),
+        Some("CrashLoopBackOff")
+    );
     let app = container(&s, "app");
-    let msg = app.state.as_ref().unwrap().waiting.as_ref().unwrap().message.clone();
+    let msg = app
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .as_ref()
+        .unwrap()
+        .message
+        .clone();
     assert_eq!(
         msg.as_deref(),
         Some("back-off 300s restarting failed container=app pod=p_default(uid-1)")
     );
     assert_eq!(app.restart_count, 8);
-    let last = app.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    let last = app
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
     assert_eq!(last.exit_code, 1);
     assert_eq!(last.reason.as_deref(), Some("Error"));
     assert_eq!(s.phase.as_deref(), Some("Running"));
@@ -271,7 +291,10 @@ async fn crash_loop_back_off_doubles_from_ten_seconds_to_five_minutes_and_starts
         .collect();
     assert!(after.len() >= 2, "{t:?}");
     let quick = after[0] - long.as_secs() - 660;
-    assert!(quick <= 1, "restart after the long run took {quick} s: {t:?}");
+    assert!(
+        quick <= 1,
+        "restart after the long run took {quick} s: {t:?}"
+    );
     assert_eq!(after[1] - after[0] - 1, 10, "{t:?}");
 }
 
@@ -295,22 +318,27 @@ async fn init_containers_run_one_by_one_before_the_containers() {
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Pending"));
     assert_eq!(condition(&s, "Initialized"), "False");
-    assert_eq!(waiting_reason(&s, "app").as_deref(), Some("PodInitializing"));
+    assert_eq!(
+        waiting_reason(&s, "app").as_deref(),
+        Some("PodInitializing")
+    );
     assert_eq!(waiting_reason(&s, "b").as_deref(), Some("PodInitializing"));
     pass(20).await;
-    let order: Vec<_> = h
-        .rt
-        .calls()
-        .into_iter()
-        .filter(|c| matches!(c, Call::StartContainer(_)))
-        .collect();
+    let order: Vec<_> =
+        h.rt.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::StartContainer(_)))
+            .collect();
     assert_eq!(
         order,
         ["a", "b", "app"].map(|n| Call::StartContainer(n.into()))
     );
     let t_a = starts(&h, "a")[0];
     let t_b = starts(&h, "b")[0];
-    assert!(t_b >= t_a + Duration::from_secs(5), "b started before a ended");
+    assert!(
+        t_b >= t_a + Duration::from_secs(5),
+        "b started before a ended"
+    );
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert_eq!(condition(&s, "Initialized"), "True");
@@ -357,7 +385,13 @@ async fn a_failing_init_container_backs_off_under_always_and_fails_the_pod_under
         .expect("the Never pod failed");
     let init = container(failed, "init");
     assert_eq!(
-        init.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code,
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
         2
     );
     // The Always pod restarts init with back-off and stays Pending.
@@ -369,12 +403,11 @@ async fn a_failing_init_container_backs_off_under_always_and_fails_the_pod_under
     assert_eq!(last.phase.as_deref(), Some("Pending"));
     assert!(container(last, "init").restart_count >= 2, "{last:?}");
     // Only the Never pod's sandbox was stopped.
-    let stops = h
-        .rt
-        .calls()
-        .into_iter()
-        .filter(|c| matches!(c, Call::StopPodSandbox(_)))
-        .count();
+    let stops =
+        h.rt.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::StopPodSandbox(_)))
+            .count();
     assert_eq!(stops, 1);
 }
 
@@ -423,7 +456,13 @@ async fn a_failing_liveness_probe_kills_the_container_with_grace_and_restarts_it
     let app = container(&s, "app");
     assert_eq!(app.restart_count, 1);
     assert!(app.state.as_ref().unwrap().running.is_some());
-    let last = app.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    let last = app
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
     assert_eq!(last.exit_code, 143);
 }
 
@@ -489,15 +528,14 @@ async fn the_startup_probe_holds_liveness_and_readiness_until_it_passes() {
         }],
     })));
     pass(30).await;
-    let execs: Vec<_> = h
-        .rt
-        .calls()
-        .into_iter()
-        .filter_map(|c| match c {
-            Call::ExecSync(_, cmd) => Some(cmd.join(" ")),
-            _ => None,
-        })
-        .collect();
+    let execs: Vec<_> =
+        h.rt.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::ExecSync(_, cmd) => Some(cmd.join(" ")),
+                _ => None,
+            })
+            .collect();
     assert!(execs.iter().all(|c| c == "started"), "{execs:?}");
     assert!(execs.len() >= 5, "{execs:?}");
     let app = container(&h.last(), "app").clone();
@@ -569,15 +607,26 @@ async fn deletion_runs_pre_stop_then_stops_with_the_grace_left_then_the_sandbox_
     let remove_sandbox = at(&Call::RemovePodSandbox(sandbox_id));
     let teardown = at(&Call::TeardownVolumes);
     assert!(pre_stop < stop_app, "{calls:?}");
-    assert!(stop_app < stop_sandbox && stop_side < stop_sandbox, "{calls:?}");
-    assert!(stop_sandbox < remove_sandbox && remove_sandbox < teardown, "{calls:?}");
+    assert!(
+        stop_app < stop_sandbox && stop_side < stop_sandbox,
+        "{calls:?}"
+    );
+    assert!(
+        stop_sandbox < remove_sandbox && remove_sandbox < teardown,
+        "{calls:?}"
+    );
     assert_eq!(teardown, calls.len() - 1, "{calls:?}");
     assert_eq!(h.rt.counts(), (0, 0));
 
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Failed"));
     for name in ["app", "side"] {
-        let t = container(&s, name).state.as_ref().unwrap().terminated.clone();
+        let t = container(&s, name)
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .clone();
         assert_eq!(t.unwrap().exit_code, 143, "{name}");
         assert!(!container(&s, name).ready);
     }
@@ -639,12 +688,24 @@ async fn a_missing_config_map_is_create_container_config_error_until_it_appears(
         .clone();
     assert_eq!(msg.as_deref(), Some("configmap \"settings\" not found"));
     assert_eq!(s.phase.as_deref(), Some("Pending"));
-    assert!(!h.rt.calls().iter().any(|c| matches!(c, Call::RunPodSandbox(_))));
+    assert!(
+        !h.rt
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::RunPodSandbox(_)))
+    );
     h.objects.add_config_map("default", "settings");
     pass(3).await;
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Running"), "{s:?}");
-    assert!(container(&s, "app").state.as_ref().unwrap().running.is_some());
+    assert!(
+        container(&s, "app")
+            .state
+            .as_ref()
+            .unwrap()
+            .running
+            .is_some()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -726,29 +787,46 @@ async fn a_pod_the_node_cannot_fit_fails_with_out_of_cpu_and_runs_nothing() {
     assert_eq!(s.reason.as_deref(), Some("OutOfcpu"));
     assert_eq!(
         s.message.as_deref(),
-        Some("Pod was rejected: Node didn't have enough resource: cpu, requested: 500, used: 600, capacity: 1000")
+        Some(
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 500, used: 600, capacity: 1000"
+        )
     );
     assert!(h.reporter.reasons().contains(&"OutOfcpu".to_string()));
     // Deleting the rejected pod only lets the API remove it.
-    h.workers.update(deleted(&pod_with("uid-b", wants("500m")), 30));
+    h.workers
+        .update(deleted(&pod_with("uid-b", wants("500m")), 30));
     assert_eq!(h.reporter.terminated(), ["uid-b"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_missing_image_is_err_image_pull_then_image_pull_back_off() {
     let h = harness();
-    h.workers.update(pod(json!({"containers": [{"name": "app", "image": "elsewhere.io/x:2"}]})));
+    h.workers.update(pod(
+        json!({"containers": [{"name": "app", "image": "elsewhere.io/x:2"}]}),
+    ));
     pass(1).await;
     let s = h.last();
     assert_eq!(waiting_reason(&s, "app").as_deref(), Some("ErrImagePull"));
-    let msg = container(&s, "app").state.clone().unwrap().waiting.unwrap().message.unwrap();
+    let msg = container(&s, "app")
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap()
+        .message
+        .unwrap();
     assert!(msg.contains("does not pull from registries"), "{msg}");
     pass(5).await;
     assert_eq!(
         waiting_reason(&h.last(), "app").as_deref(),
         Some("ImagePullBackOff")
     );
-    assert!(!h.rt.calls().iter().any(|c| matches!(c, Call::CreateContainer(..))));
+    assert!(
+        !h.rt
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::CreateContainer(..)))
+    );
     h.rt.add_image("elsewhere.io/x:2");
     pass(30).await;
     assert_eq!(h.last().phase.as_deref(), Some("Running"));
@@ -764,7 +842,9 @@ async fn a_start_error_is_run_container_error_then_crash_loop_back_off() {
             ..Default::default()
         },
     );
-    h.workers.update(pod(json!({"containers": [{"name": "app", "command": ["nope"]}]})));
+    h.workers.update(pod(
+        json!({"containers": [{"name": "app", "command": ["nope"]}]}),
+    ));
     pass(1).await;
     let reasons: Vec<_> = h
         .reporter
@@ -772,11 +852,22 @@ async fn a_start_error_is_run_container_error_then_crash_loop_back_off() {
         .iter()
         .filter_map(|s| waiting_reason(s, "app"))
         .collect();
-    assert_eq!(reasons.first().map(String::as_str), Some("RunContainerError"));
+    assert_eq!(
+        reasons.first().map(String::as_str),
+        Some("RunContainerError")
+    );
     pass(30).await;
     let s = h.last();
-    assert_eq!(waiting_reason(&s, "app").as_deref(), Some("CrashLoopBackOff"));
-    let last = container(&s, "app").last_state.clone().unwrap().terminated.unwrap();
+    assert_eq!(
+        waiting_reason(&s, "app").as_deref(),
+        Some("CrashLoopBackOff")
+    );
+    let last = container(&s, "app")
+        .last_state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!(last.exit_code, 128);
     assert_eq!(last.reason.as_deref(), Some("StartError"));
     assert!(
@@ -799,11 +890,18 @@ async fn a_pod_whose_containers_all_exit_zero_under_never_succeeds_and_keeps_its
             ..Default::default()
         },
     );
-    h.workers.update(pod(json!({"restartPolicy": "Never", "containers": [{"name": "job"}]})));
+    h.workers.update(pod(
+        json!({"restartPolicy": "Never", "containers": [{"name": "job"}]}),
+    ));
     pass(60).await;
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Succeeded"));
-    let t = container(&s, "job").state.clone().unwrap().terminated.unwrap();
+    let t = container(&s, "job")
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
     assert_eq!(starts(&h, "job").len(), 1);
     let calls = h.rt.calls();
@@ -817,7 +915,8 @@ async fn a_pod_whose_containers_all_exit_zero_under_never_succeeds_and_keeps_its
 #[tokio::test(start_paused = true)]
 async fn a_pod_gone_from_the_cache_is_killed_and_forgotten_without_a_final_status() {
     let h = harness();
-    h.workers.update(pod(json!({"containers": [{"name": "app"}]})));
+    h.workers
+        .update(pod(json!({"containers": [{"name": "app"}]})));
     pass(2).await;
     let reported = h.reporter.statuses().len();
     h.workers.remove(UID);
@@ -831,7 +930,8 @@ async fn a_pod_gone_from_the_cache_is_killed_and_forgotten_without_a_final_statu
 #[tokio::test(start_paused = true)]
 async fn a_runtime_outage_is_retried_and_changes_nothing_that_runs() {
     let h = harness();
-    h.workers.update(pod(json!({"containers": [{"name": "app"}]})));
+    h.workers
+        .update(pod(json!({"containers": [{"name": "app"}]})));
     pass(2).await;
     let running = h.last();
     h.rt.set_down(true);
