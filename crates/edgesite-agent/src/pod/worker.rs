@@ -1076,7 +1076,6 @@ impl Worker {
         };
 
         let sandbox_id;
-        let sandbox_cfg;
         let mut pod_ip: Option<String> = observed
             .latest_sandbox()
             .filter(|s| s.ready)
@@ -1088,10 +1087,10 @@ impl Worker {
                 .find(|s| Some(&s.id) == plan.sandbox.as_ref())
                 .map_or(0, |s| s.attempt)
         });
-        match sandbox_config(&self.pod, &self.shared.node, attempt) {
+        let sandbox_cfg = match sandbox_config(&self.pod, &self.shared.node, attempt) {
             Ok(mut cfg) => {
                 self.label_sandbox(&mut cfg);
-                sandbox_cfg = cfg;
+                cfg
             }
             Err(e) => {
                 self.retry = true;
@@ -1105,7 +1104,7 @@ impl Worker {
                 self.waiting = waiting;
                 return acted;
             }
-        }
+        };
         if plan.create_sandbox.is_some() {
             acted = true;
             let handler = self.shared.options.runtime_handler.clone();

@@ -890,9 +890,13 @@ async fn a_pod_whose_containers_all_exit_zero_under_never_succeeds_and_keeps_its
             ..Default::default()
         },
     );
-    h.workers.update(pod(
-        json!({"restartPolicy": "Never", "containers": [{"name": "job"}]}),
-    ));
+    h.workers.update(pod(json!({
+        "restartPolicy": "Never",
+        "containers": [{"name": "job"}, {"name": "helper"}],
+    })));
+    pass(10).await;
+    assert_eq!(h.last().phase.as_deref(), Some("Running"));
+    h.rt.exit("helper", 0);
     pass(60).await;
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Succeeded"));
@@ -908,7 +912,7 @@ async fn a_pod_whose_containers_all_exit_zero_under_never_succeeds_and_keeps_its
     assert!(calls.iter().any(|c| matches!(c, Call::StopPodSandbox(_))));
     assert!(calls.contains(&Call::TeardownVolumes));
     // The exited container stays for its status (the GC removes it later).
-    assert_eq!(h.rt.counts(), (1, 1));
+    assert_eq!(h.rt.counts(), (1, 2), "{:?}", h.rt.calls());
     assert_eq!(condition(&s, "Ready"), "False");
 }
 
