@@ -125,6 +125,28 @@ async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> 
     start.elapsed()
 }
 
+/// The sleeping pod with hooks and a probe that all go through CRI ExecSync: postStart makes a
+/// file, readiness waits for it, preStop exits 3 (so its failure shows as an event).
+fn hooked_pod(uid: &str) -> Pod {
+    let mut p = pod(uid, &["sleep", "3600"]);
+    let c = &mut p.spec.as_mut().unwrap().containers[0];
+    let exec = |cmd: &[&str]| json!({"exec": {"command": cmd}});
+    *c = serde_json::from_value({
+        let mut v = serde_json::to_value(&*c).unwrap();
+        v["lifecycle"] = json!({
+            "postStart": exec(&["/bin/busybox", "touch", "/started"]),
+            "preStop": exec(&["/bin/busybox", "sh", "-c", "exit 3"]),
+        });
+        v["readinessProbe"] = json!({
+            "exec": {"command": ["/bin/busybox", "test", "-f", "/started"]},
+            "periodSeconds": 1,
+        });
+        v
+    })
+    .unwrap();
+    p
+}
+
 fn main_state(s: &PodStatus) -> k8s_openapi::api::core::v1::ContainerStatus {
     s.container_statuses.clone().unwrap_or_default()[0].clone()
 }
@@ -132,7 +154,7 @@ fn main_state(s: &PodStatus) -> k8s_openapi::api::core::v1::ContainerStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_pod_runs_and_a_graceful_deletion_stops_and_removes_it() {
     let n = node().await;
-    let p = pod("uid-sleep", &["sleep", "3600"]);
+    let p = hooked_pod("uid-sleep");
     n.workers.update(Arc::new(p.clone()));
     let took = wait_for("Running", Duration::from_secs(60), || {
         n.reporter
@@ -141,6 +163,11 @@ async fn a_sleeping_pod_runs_and_a_graceful_deletion_stops_and_removes_it() {
     })
     .await;
     eprintln!("pod update → status Running through the worker: {took:?}");
+    let took = wait_for("Ready", Duration::from_secs(30), || {
+        n.reporter.last().is_some_and(|s| main_state(&s).ready)
+    })
+    .await;
+    eprintln!("Running → Ready by an exec readiness probe (period 1 s): {took:?}");
     let s = n.reporter.last().unwrap();
     assert_eq!(s.pod_ip.as_deref(), Some("127.0.0.1"), "{s:?}");
     let main = main_state(&s);
@@ -180,6 +207,12 @@ async fn a_sleeping_pod_runs_and_a_graceful_deletion_stops_and_removes_it() {
     for want in ["Pulled", "Created", "Started", "Killing"] {
         assert!(reasons.contains(&want), "{want} not in {reasons:?}");
     }
+    let pre_stop = events
+        .iter()
+        .find(|(r, _)| r == "FailedPreStopHook")
+        .expect("the preStop hook ran (and exited 3)");
+    assert!(pre_stop.1.contains("exited with 3"), "{pre_stop:?}");
+    assert!(!reasons.contains(&"FailedPostStartHook"), "{events:?}");
     n.workers.remove("uid-sleep");
     drop(n.workers);
     let left = n.ctd.stop().await;

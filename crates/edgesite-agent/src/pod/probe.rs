@@ -386,3 +386,147 @@ impl ProbeTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::fake::{FakeRuntime, TokioClock};
+    use tokio::net::TcpListener;
+
+    fn target(container: serde_json::Value) -> Target {
+        let clock = Arc::new(TokioClock::new());
+        Target {
+            runtime: Arc::new(FakeRuntime::new(clock, Arc::default(), &[])),
+            container_id: "c1".into(),
+            container: serde_json::from_value(container).unwrap(),
+            host: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
+    /// Answers each connection with `status`, recording the request.
+    async fn server(status: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0; 2048];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        (port, seen)
+    }
+
+    fn get(port: serde_json::Value) -> HTTPGetAction {
+        serde_json::from_value(json_get(port)).unwrap()
+    }
+
+    fn json_get(port: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"path": "/healthz", "port": port,
+            "httpHeaders": [{"name": "X-Probe", "value": "yes"}]})
+    }
+
+    #[tokio::test]
+    async fn http_get_succeeds_on_2xx_and_3xx_and_fails_otherwise() {
+        for (status, ok) in [
+            (200, true),
+            (302, true),
+            (399, true),
+            (404, false),
+            (500, false),
+        ] {
+            let (port, seen) = server(status).await;
+            let t = target(serde_json::json!({"name": "app"}));
+            let out = http_get(&t, &get(port.into()), Duration::from_secs(2)).await;
+            assert_eq!(out == Outcome::Success, ok, "{status}: {out:?}");
+            if !ok {
+                assert_eq!(
+                    out,
+                    Outcome::Failure(format!("HTTP probe failed with statuscode: {status}"))
+                );
+            }
+            let req = seen.lock().unwrap()[0].clone();
+            assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
+            assert!(
+                req.contains(&format!("Host: 127.0.0.1:{port}\r\n")),
+                "{req}"
+            );
+            assert!(req.contains("X-Probe: yes\r\n"), "{req}");
+            assert!(req.contains("User-Agent: kube-probe/"), "{req}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http_get_finds_named_ports_and_names_refused_connections() {
+        let (port, _) = server(200).await;
+        let t = target(serde_json::json!({"name": "app",
+            "ports": [{"name": "web", "containerPort": port}]}));
+        assert_eq!(
+            http_get(&t, &get("web".into()), Duration::from_secs(2)).await,
+            Outcome::Success
+        );
+        let missing = http_get(&t, &get("nope".into()), Duration::from_secs(2)).await;
+        assert_eq!(
+            missing,
+            Outcome::Failure("couldn't find port nope in container app".into())
+        );
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap().port();
+        drop(closed);
+        let Outcome::Failure(why) = http_get(&t, &get(dead.into()), Duration::from_secs(2)).await
+        else {
+            panic!("a closed port passed");
+        };
+        assert!(
+            why.starts_with(&format!("Get \"http://127.0.0.1:{dead}/healthz\": ")),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_succeeds_when_a_connection_opens() {
+        let (port, _) = server(200).await;
+        let t = target(serde_json::json!({"name": "app"}));
+        assert_eq!(
+            tcp(
+                &t,
+                None,
+                &IntOrString::Int(port.into()),
+                Duration::from_secs(2)
+            )
+            .await,
+            Outcome::Success
+        );
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap().port();
+        drop(closed);
+        let out = tcp(
+            &t,
+            None,
+            &IntOrString::Int(dead.into()),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            matches!(out, Outcome::Failure(ref w) if w.starts_with("dial tcp")),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_fails_with_the_commands_output() {
+        let t = target(serde_json::json!({"name": "app"}));
+        // The fake has no container c1: the exec itself fails, which is a probe failure.
+        let out = exec(&t, &["true".into()], Duration::from_secs(1)).await;
+        assert!(
+            matches!(out, Outcome::Failure(ref w) if w.contains("ExecSync")),
+            "{out:?}"
+        );
+    }
+}

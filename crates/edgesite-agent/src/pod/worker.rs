@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::backoff::Backoff;
-use super::config::{ConfigError, container_config, sandbox_config};
+use super::config::{container_config, sandbox_config};
 use super::plan::{
     self, ANNOTATION_CONTAINER_HASH, ANNOTATION_INIT, Completion, Kill, LABEL_CONTAINER_NAME,
     LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, Observed, ObservedContainer,
@@ -450,6 +450,28 @@ pub fn grace_period(pod: &Pod) -> i64 {
         .max(0)
 }
 
+/// Runs a lifecycle hook (exec, httpGet, sleep) within `budget`; `None` for a hook that
+/// cannot fail (sleep) or has no handler.
+async fn run_hook(
+    handler: &k8s_openapi::api::core::v1::LifecycleHandler,
+    target: &Target,
+    budget: Duration,
+) -> Option<probe::Outcome> {
+    if let Some(e) = &handler.exec {
+        Some(probe::exec(target, e.command.as_deref().unwrap_or_default(), budget).await)
+    } else if let Some(h) = &handler.http_get {
+        Some(probe::http_get(target, h, budget).await)
+    } else if let Some(t) = &handler.tcp_socket {
+        Some(probe::tcp(target, t.host.as_deref(), &t.port, budget).await)
+    } else if let Some(s) = &handler.sleep {
+        let d = Duration::from_secs(u64::try_from(s.seconds).unwrap_or(0)).min(budget);
+        tokio::time::sleep(d).await;
+        None
+    } else {
+        None
+    }
+}
+
 /// Kubelet gives a container at least this long after its preStop hook.
 const MIN_GRACE_AFTER_PRESTOP: i64 = 2;
 
@@ -491,17 +513,7 @@ async fn kill_container(
             container: spec,
             host,
         };
-        let outcome = if let Some(e) = &handler.exec {
-            Some(probe::exec(&target, e.command.as_deref().unwrap_or_default(), budget).await)
-        } else if let Some(h) = &handler.http_get {
-            Some(probe::http_get(&target, h, budget).await)
-        } else if let Some(s) = &handler.sleep {
-            let d = Duration::from_secs(u64::try_from(s.seconds).unwrap_or(0)).min(budget);
-            tokio::time::sleep(d).await;
-            None
-        } else {
-            None
-        };
+        let outcome = run_hook(&handler, &target, budget).await;
         if let Some(probe::Outcome::Failure(why)) = outcome {
             reporter.event(
                 &pod,
@@ -1285,7 +1297,6 @@ impl Worker {
             Ok(c) => c,
             Err(e) => {
                 let message = e.to_string();
-                let _: &ConfigError = &e;
                 reporter.event(
                     &pod,
                     EventType::Warning,
@@ -1370,9 +1381,42 @@ impl Worker {
             &pod,
             EventType::Normal,
             "Started",
-            fp,
+            fp.clone(),
             format!("Started container {}", spec.name),
         );
+        // postStart runs before anything else happens to the pod, as kubelet's; when it
+        // fails, the container is killed and restarts by its restartPolicy.
+        if let Some(handler) = spec.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            let target = Target {
+                runtime: shared.runtime.clone(),
+                container_id: id.clone(),
+                container: spec.clone(),
+                host: pod_ip
+                    .and_then(|ip| ip.parse().ok())
+                    .unwrap_or(shared.node.node_ip),
+            };
+            let budget = Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(30));
+            if let Some(probe::Outcome::Failure(why)) = run_hook(handler, &target, budget).await {
+                let message = format!("PostStartHook failed: {why}");
+                reporter.event(
+                    &pod,
+                    EventType::Warning,
+                    "FailedPostStartHook",
+                    fp,
+                    message.clone(),
+                );
+                let r = shared.runtime.stop_container(&id, grace).await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "stopping a container whose postStart failed");
+                }
+                return Err(Waiting::new("PostStartHookError", message));
+            }
+        }
         Ok(())
     }
 
