@@ -596,11 +596,17 @@ impl Worker {
                     self.terminate(false).await;
                     let uid = self.uid();
                     let mut map = lock(&workers);
-                    // Only if no newer pod with this uid arrived meanwhile.
+                    // Unless the pod came back meanwhile: then it is a new start.
                     if matches!(*rx.borrow(), Desired::Removed) {
                         map.remove(&uid);
+                        return;
                     }
-                    return;
+                    drop(map);
+                    self.terminated = false;
+                    self.done = None;
+                    self.last_reported = None;
+                    self.active.store(true, Ordering::SeqCst);
+                    continue;
                 }
                 Desired::Pod(pod) => {
                     self.pod = pod;
@@ -1047,12 +1053,10 @@ impl Worker {
             }
         }
 
-        if plan.start.is_empty() && plan.create_sandbox.is_none() {
-            self.waiting = waiting;
-            return acted;
-        }
-
-        // Volumes first: no sandbox or container before they are there.
+        // Volumes first: no sandbox or container before they are there. Set up on every
+        // sync, so configMap/secret/downwardAPI contents follow their objects while the
+        // containers run.
+        let idle = plan.start.is_empty() && plan.create_sandbox.is_none();
         let volumes = match self
             .shared
             .volumes
@@ -1062,6 +1066,12 @@ impl Worker {
             Ok(v) => {
                 self.volumes_down = false;
                 v
+            }
+            Err(e) if idle => {
+                // What runs keeps running on the volumes it has.
+                tracing::warn!(pod = ?self.pod.metadata.name, error = %e, "refreshing volumes");
+                self.waiting = waiting;
+                return acted;
             }
             Err(e) => {
                 self.retry = true;
@@ -1086,6 +1096,10 @@ impl Worker {
                 return acted;
             }
         };
+        if idle {
+            self.waiting = waiting;
+            return acted;
+        }
 
         let sandbox_id;
         let mut pod_ip: Option<String> = observed

@@ -149,8 +149,10 @@ async fn a_pod_gets_a_sandbox_then_its_containers_and_reports_running() {
         json!({"containers": [{"name": "app"}, {"name": "side"}]}),
     ));
     pass(2).await;
+    let calls: Vec<_> = h.rt.calls();
+    // Volumes are set up before anything else, and refreshed on later syncs.
     assert_eq!(
-        h.rt.calls(),
+        calls[..6],
         [
             Call::SetupVolumes,
             Call::RunPodSandbox(0),
@@ -159,6 +161,10 @@ async fn a_pod_gets_a_sandbox_then_its_containers_and_reports_running() {
             Call::CreateContainer("side".into(), 0),
             Call::StartContainer("side".into()),
         ]
+    );
+    assert!(
+        calls[6..].iter().all(|c| *c == Call::SetupVolumes),
+        "{calls:?}"
     );
     let s = h.last();
     assert_eq!(s.phase.as_deref(), Some("Running"));
@@ -944,4 +950,66 @@ async fn a_runtime_outage_is_retried_and_changes_nothing_that_runs() {
     pass(15).await;
     assert_eq!(starts(&h, "app").len(), 1);
     assert_eq!(h.last(), running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sandboxes_of_pods_the_cache_no_longer_has_are_removed_as_orphans() {
+    let h = harness();
+    let labels =
+        |uid: &str| std::collections::HashMap::from([(LABEL_POD_UID.to_string(), uid.to_string())]);
+    let sandbox = |uid: &str| cri::PodSandboxConfig {
+        labels: labels(uid),
+        ..Default::default()
+    };
+    let c = |uid: &str| cri::ContainerConfig {
+        labels: labels(uid),
+        ..Default::default()
+    };
+    h.rt.preexisting(sandbox("ghost"), vec![c("ghost")]);
+    h.rt.preexisting(sandbox("kept"), vec![c("kept")]);
+    h.workers
+        .update(pod(json!({"containers": [{"name": "app"}]})));
+    pass(2).await;
+    let known = HashSet::from(["kept".to_string()]);
+    let gone = h.workers.remove_orphans(&known).await.unwrap();
+    assert_eq!(gone, ["ghost"]);
+    // The kept one and the worker's own pod stay.
+    assert_eq!(h.rt.counts(), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn volumes_are_refreshed_while_the_pod_runs() {
+    let h = harness();
+    h.workers
+        .update(pod(json!({"containers": [{"name": "app"}]})));
+    pass(1).await;
+    let setups = || {
+        h.rt.calls()
+            .iter()
+            .filter(|c| **c == Call::SetupVolumes)
+            .count()
+    };
+    let first = setups();
+    // Resyncs every 10 s; the nudge below falls between two of them.
+    pass(35).await;
+    assert!(setups() >= first + 2, "{}", setups());
+    h.workers.resync_all();
+    let before = setups();
+    tokio::task::yield_now().await;
+    pass(0).await;
+    assert_eq!(setups(), before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_that_comes_back_after_removal_starts_again() {
+    let h = harness();
+    let p = pod(json!({"containers": [{"name": "app"}]}));
+    h.workers.update(p.clone());
+    pass(2).await;
+    h.workers.remove(UID);
+    h.workers.update(p);
+    pass(3).await;
+    assert_eq!(h.workers.pods(), [UID]);
+    assert_eq!(h.last().phase.as_deref(), Some("Running"));
+    assert_eq!(h.rt.counts(), (1, 1));
 }
