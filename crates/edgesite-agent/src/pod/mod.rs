@@ -2,7 +2,9 @@
 //! sandboxes and containers, and how they report back.
 //!
 //! - [`worker`]: one worker per pod, the state machine (sandbox, init containers, containers,
-//!   restarts with back-off, probes, graceful termination) over a [`Runtime`];
+//!   restarts with back-off, probes, graceful termination) over a [`Runtime`], with
+//!   [`plan`] (what to do, a pure function of the pod and the runtime's view), [`backoff`]
+//!   (CrashLoopBackOff and ImagePullBackOff) and [`probe`] (probes and lifecycle hooks);
 //! - [`status`]: the pod status a worker computes from what the runtime reports;
 //! - [`config`]: the CRI sandbox and container configurations of a pod (command, env,
 //!   mounts, resources, security context);

@@ -977,7 +977,12 @@ impl Worker {
                     EventType::Warning,
                     "BackOff",
                     field_path(init, name),
-                    "Back-off restarting failed container".into(),
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        self.pod.metadata.name.as_deref().unwrap_or_default(),
+                        self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                        self.uid()
+                    ),
                 );
             }
         }
@@ -1005,11 +1010,14 @@ impl Worker {
                     continue;
                 };
                 let spec = self.spec_container(&c.name).map(|(s, _)| s.clone());
-                let grace = spec
-                    .as_ref()
-                    .and_then(|s| s.liveness_probe.as_ref())
+                // A probe may shorten the grace of the kill it causes.
+                let failed = [ProbeKind::Liveness, ProbeKind::Startup]
+                    .into_iter()
+                    .find(|kind| self.probes.get(&c.id, *kind) == Some(false));
+                let grace = failed
+                    .zip(spec.as_ref())
+                    .and_then(|(kind, s)| kind.of(s))
                     .and_then(|p| p.termination_grace_period_seconds)
-                    .filter(|_| k.message.contains("probe"))
                     .unwrap_or(grace);
                 set.spawn(kill_container(
                     self.shared.clone(),
@@ -1479,6 +1487,14 @@ impl Worker {
                 }
             }
         }
+        // A finished pod keeps the addresses it had (kubelet's too): its sandbox is gone.
+        if done.is_some() && status.pod_ip.is_none() {
+            let before = self.last_reported.as_ref().or(self.pod.status.as_ref());
+            if let Some(before) = before {
+                status.pod_ip = before.pod_ip.clone();
+                status.pod_ips = before.pod_ips.clone();
+            }
+        }
         if self.last_reported.as_ref() != Some(&status) {
             self.shared.reporter.pod_status(&self.pod, status.clone());
             self.last_reported = Some(status);
@@ -1571,7 +1587,6 @@ impl Worker {
             let mut final_view = stopped.clone();
             for s in &mut final_view.sandboxes {
                 s.ready = false;
-                s.ips.clear();
             }
             self.report(&final_view, done);
             self.shared.reporter.pod_terminated(&self.pod);

@@ -428,6 +428,18 @@ async fn a_failing_liveness_probe_kills_the_container_with_grace_and_restarts_it
         "terminationGracePeriodSeconds": 17,
         "containers": [{"name": "app", "livenessProbe": exec_probe("alive", 10, 3)}],
     })));
+    let short = harness();
+    short.workers.update(pod_with(
+        "uid-short",
+        json!({
+            "terminationGracePeriodSeconds": 17,
+            "containers": [{"name": "quick", "livenessProbe": {
+                "exec": {"command": ["alive"]}, "periodSeconds": 10, "failureThreshold": 3,
+                "terminationGracePeriodSeconds": 3,
+            }}],
+        }),
+    ));
+    short.rt.exec_exits("quick", "alive", 1);
     pass(25).await;
     assert_eq!(container(&h.last(), "app").restart_count, 0);
     h.rt.exec_exits("app", "alive", 1);
@@ -442,6 +454,12 @@ async fn a_failing_liveness_probe_kills_the_container_with_grace_and_restarts_it
         .position(|c| *c == Call::CreateContainer("app".into(), 1))
         .expect("the container was created again");
     assert!(stop < recreate);
+    // The probe's own grace wins over the pod's for the kill it causes.
+    let quick = short.rt.calls();
+    assert!(
+        quick.contains(&Call::StopContainer("quick".into(), 3)),
+        "{quick:?}"
+    );
     let reasons = h.reporter.reasons();
     let unhealthy = reasons.iter().filter(|r| *r == "Unhealthy").count();
     assert!(unhealthy >= 3, "{reasons:?}");
@@ -637,6 +655,11 @@ async fn deletion_runs_pre_stop_then_stops_with_the_grace_left_then_the_sandbox_
         assert!(!container(&s, name).ready);
     }
     assert_eq!(condition(&s, "Ready"), "False");
+    assert_eq!(
+        s.pod_ip.as_deref(),
+        Some("10.42.0.7"),
+        "the final status keeps the IP"
+    );
     assert_eq!(h.reporter.terminated(), [UID]);
     let killing = h
         .reporter
