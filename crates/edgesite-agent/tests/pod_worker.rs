@@ -3,7 +3,8 @@
 //!
 //! A host-network pod looping on `sleep` reaches Running through the workers and a graceful
 //! deletion stops it, removes its sandbox and reports it terminated; a container running
-//! `false` goes to CrashLoopBackOff with a growing restart count. Nothing is left behind.
+//! `false` goes to CrashLoopBackOff with a growing restart count; a failing liveness probe
+//! restarts a container with its last state kept. Nothing is left behind.
 #![allow(clippy::disallowed_methods)] // a system test: it waits for and times real processes
 
 use std::collections::HashSet;
@@ -278,6 +279,88 @@ async fn a_container_running_false_goes_to_crash_loop_back_off_with_growing_rest
             .unwrap()
             .is_empty()
     );
+    drop(n.workers);
+    let left = n.ctd.stop().await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_liveness_probe_restarts_the_container_with_its_last_state() {
+    let n = node().await;
+    let mut p = pod(
+        "uid-live",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; touch /alive; while true; do sleep 1; done",
+        ],
+    );
+    let c = &mut p.spec.as_mut().unwrap().containers[0];
+    c.liveness_probe = Some(
+        serde_json::from_value(json!({
+            "exec": {"command": ["/bin/busybox", "test", "-f", "/alive"]},
+            "initialDelaySeconds": 1,
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        }))
+        .unwrap(),
+    );
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(5);
+    n.workers.update(Arc::new(p));
+    wait_for("Running", Duration::from_secs(60), || {
+        n.reporter
+            .last()
+            .is_some_and(|s| s.phase.as_deref() == Some("Running"))
+    })
+    .await;
+    let first = main_state(&n.reporter.last().unwrap());
+    let id = first.container_id.unwrap();
+    let id = id.strip_prefix("containerd://").unwrap();
+    // Healthy for a few periods: no restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(main_state(&n.reporter.last().unwrap()).restart_count, 0);
+    let rm = n
+        .ctd
+        .runtime()
+        .exec_sync(
+            id,
+            vec!["/bin/busybox".into(), "rm".into(), "/alive".into()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rm.exit_code, 0, "{rm:?}");
+    let took = wait_for("restarted", Duration::from_secs(30), || {
+        n.reporter.last().is_some_and(|s| {
+            let m = main_state(&s);
+            m.restart_count == 1 && m.state.is_some_and(|st| st.running.is_some())
+        })
+    })
+    .await;
+    eprintln!("liveness failure (period 1 s, threshold 2) → running again: {took:?}");
+    let s = n.reporter.last().unwrap();
+    let m = main_state(&s);
+    let last = m.last_state.and_then(|l| l.terminated).expect("lastState");
+    assert_eq!(
+        last.exit_code, 0,
+        "the trap ran on the liveness kill: {last:?}"
+    );
+    assert_ne!(
+        m.container_id.as_deref().unwrap(),
+        format!("containerd://{id}")
+    );
+    let events = n.reporter.events.lock().unwrap().clone();
+    let unhealthy = events.iter().position(|(r, _)| r == "Unhealthy").unwrap();
+    let killing = events
+        .iter()
+        .position(|(r, m)| r == "Killing" && m.contains("failed liveness probe"))
+        .expect("a Killing event for the liveness failure");
+    assert!(unhealthy < killing, "{events:?}");
+    n.workers.remove("uid-live");
+    wait_for("removed", Duration::from_secs(30), || {
+        n.workers.pods().is_empty()
+    })
+    .await;
     drop(n.workers);
     let left = n.ctd.stop().await;
     assert!(left.is_empty(), "{left:?}");
