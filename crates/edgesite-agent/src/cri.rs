@@ -114,6 +114,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
         &self,
         filter: Option<cri::ContainerFilter>,
     ) -> Result<Vec<cri::Container>>;
+    /// Runs `cmd` in a running container and waits for it (probes, preStop hooks); the
+    /// runtime kills it after `timeout` (zero: no limit). The command's exit code is in the
+    /// answer, a failure to run it at all is an error.
+    async fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse>;
     /// The image `image` (a reference or an id), `None` when it is not present.
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>>;
     /// The images matching `filter`.
@@ -325,6 +334,33 @@ impl Runtime for CriRuntime {
             .map_err(self.failed("ListContainers"))?
             .into_inner()
             .containers)
+    }
+
+    async fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse> {
+        // The CRI counts whole seconds; a sub-second timeout must not become "no limit".
+        let secs = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+        let secs = if secs == 0 && !timeout.is_zero() {
+            1
+        } else {
+            secs
+        };
+        let req = cri::ExecSyncRequest {
+            container_id: container_id.into(),
+            cmd,
+            timeout: secs,
+        };
+        let mut request = tonic::Request::new(req);
+        // The call itself may take as long as the command, plus a margin for the runtime.
+        if !timeout.is_zero() {
+            request.set_timeout(timeout + Duration::from_secs(5));
+        }
+        let resp = self.runtime.clone().exec_sync(request).await;
+        Ok(resp.map_err(self.failed("ExecSync"))?.into_inner())
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<cri::Image>> {

@@ -2,7 +2,9 @@
 //! sandboxes and containers, and how they report back.
 //!
 //! - [`worker`]: one worker per pod, the state machine (sandbox, init containers, containers,
-//!   restarts with back-off, probes, graceful termination) over a [`Runtime`];
+//!   restarts with back-off, probes, graceful termination) over a [`Runtime`], with
+//!   [`plan`] (what to do, a pure function of the pod and the runtime's view), [`backoff`]
+//!   (CrashLoopBackOff and ImagePullBackOff) and [`probe`] (probes and lifecycle hooks);
 //! - [`status`]: the pod status a worker computes from what the runtime reports;
 //! - [`config`]: the CRI sandbox and container configurations of a pod (command, env,
 //!   mounts, resources, security context), with [`env`](mod@env) (environment, `$(VAR)` expansion,
@@ -27,13 +29,21 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 pub use resources::NodeResources;
 
 mod atomic_writer;
+pub mod backoff;
 pub mod config;
 pub mod env;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod plan;
+pub mod probe;
 pub mod resources;
+pub mod status;
 #[cfg(test)]
 mod test_support;
 pub mod volumes;
 pub mod worker;
+
+pub use worker::{Allocatable, PodWorkers, WorkerOptions};
 
 /// The ConfigMaps and Secrets pods reference, as the node's local cache holds them.
 pub trait Objects: Send + Sync + std::fmt::Debug {
@@ -78,6 +88,10 @@ pub trait Reporter: Send + Sync + std::fmt::Debug {
         field_path: Option<String>,
         message: String,
     );
+    /// `pod` (which has a deletionTimestamp) is terminated on this node: its containers
+    /// and sandbox are gone and its final status was reported before this call. The pod may
+    /// now be deleted from the API (kubelet deletes it with grace period 0).
+    fn pod_terminated(&self, pod: &Pod);
 }
 
 /// What the node tells its pods and containers about itself.
