@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
+use edgesite_clock::Clock as _;
 use rustls::pki_types::CertificateDer;
 
 use crate::pki::client_identity;
@@ -134,12 +135,37 @@ impl Authenticator for X509Authenticator {
         let Some(leaf) = conn.peer_certificates.first() else {
             return AuthnResult::NoCredentials;
         };
+        // rustls checked the validity at the handshake; a connection outlives that, and
+        // upstream verifies the chain (expiry included) on every request, so a client must
+        // reconnect with a renewed certificate rather than ride an old connection.
+        if let Some(why) = outside_validity(leaf, edgesite_clock::SystemClock.unix_seconds()) {
+            return AuthnResult::Rejected(why);
+        }
         match client_identity(leaf) {
             Some((user, groups)) => {
                 AuthnResult::Authenticated(Identity::authenticated(user, groups))
             }
             None => AuthnResult::Rejected("client certificate has no usable subject".to_owned()),
         }
+    }
+}
+
+/// Why a client certificate is not valid at `now` (Unix seconds), if it is not.
+fn outside_validity(cert_der: &[u8], now: i64) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let validity = cert.validity();
+    if now > validity.not_after.timestamp() {
+        Some(format!(
+            "client certificate expired at {}",
+            validity.not_after
+        ))
+    } else if now < validity.not_before.timestamp() {
+        Some(format!(
+            "client certificate is not valid before {}",
+            validity.not_before
+        ))
+    } else {
+        None
     }
 }
 

@@ -188,8 +188,7 @@ impl Server {
         let pki = Arc::new(pki);
         let tls = TlsAcceptor::from(pki.server_config()?);
         // Before anything is served: the token the node-certificate endpoint checks.
-        let node_token =
-            crate::join::load_or_create(&config.data_dir, pki.ca_cert_der().as_ref())?;
+        let node_token = crate::join::load_or_create(&config.data_dir, pki.ca_cert_der().as_ref())?;
         let pki_ready = clock.instant().duration_since(started);
 
         let addr = SocketAddr::new(config.bind_address, config.secure_port);
