@@ -530,6 +530,35 @@ mod tests {
     }
 
     #[test]
+    fn client_certificates_count_only_within_their_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "n");
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_000).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(outside_validity(&der, 1_500), None);
+        assert_eq!(outside_validity(&der, 2_000), None);
+        assert!(outside_validity(&der, 2_001).unwrap().contains("expired"));
+        assert!(
+            outside_validity(&der, 999)
+                .unwrap()
+                .contains("not valid before")
+        );
+        // Through the authenticator: this certificate expired long ago.
+        let conn = ConnectionInfo {
+            remote_addr: None,
+            peer_certificates: vec![CertificateDer::from(der)].into(),
+        };
+        assert!(matches!(
+            X509Authenticator.authenticate(&conn, &HeaderMap::new()),
+            AuthnResult::Rejected(why) if why.contains("expired")
+        ));
+    }
+
+    #[test]
     fn authenticated_adds_group_once() {
         let id = Identity::authenticated("u", vec![AUTHENTICATED_GROUP.into(), "g".into()]);
         assert_eq!(
