@@ -136,6 +136,17 @@ pub enum JoinError {
         /// What rustls found.
         detail: String,
     },
+    /// The server ended the TLS handshake with an alert: it does not accept this node's
+    /// client certificate (expired, or from another cluster).
+    #[error(
+        "the server at {server} refused this node's client certificate in the TLS handshake ({alert}): it may have expired or belong to another cluster; join again with --token-file"
+    )]
+    CertificateRefused {
+        /// The server.
+        server: String,
+        /// The TLS alert.
+        alert: String,
+    },
     /// The server cannot be reached (yet): retried.
     #[error("cannot reach the server at {server}: {reason}")]
     Unreachable {
@@ -525,9 +536,9 @@ async fn first_join(
     Identity::new(server.clone(), node_name, dir, ca_der, stored)
 }
 
-/// Sends a CSR to the node-certificate endpoint; returns the new certificate (DER and PEM)
-/// after checking it is for this key and signed by... the server's own answer is checked
-/// against `ca_der` (the CA must not change under the node).
+/// Sends a CSR to the node-certificate endpoint; returns the new certificate (DER and PEM).
+/// The CA in the answer must be `ca_der`: the cluster CA never changes under a node. (That the
+/// certificate is for the CSR's key is checked when it is paired with the key.)
 async fn ask_for_certificate(
     server: &ServerUrl,
     tls: Arc<ClientConfig>,
@@ -897,10 +908,9 @@ fn handshake_error(server: &ServerUrl, trusted: &str, err: io::Error) -> JoinErr
             trusted: trusted.to_owned(),
             detail: format!("{e:?}"),
         },
-        Some(e @ rustls::Error::AlertReceived(_)) => JoinError::Refused {
+        Some(rustls::Error::AlertReceived(alert)) => JoinError::CertificateRefused {
             server: server.text.clone(),
-            status: 0,
-            message: format!("TLS handshake: {e}"),
+            alert: format!("{alert:?}"),
         },
         _ => JoinError::Unreachable {
             server: server.text.clone(),

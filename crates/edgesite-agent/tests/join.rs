@@ -132,6 +132,8 @@ async fn a_wrong_secret_or_pin_is_a_terminal_error_within_seconds() -> Result<()
     let real = NodeToken::parse(&std::fs::read_to_string(server.node_token_path())?)?;
     let pki = agent.path().join("pki");
 
+    let admin = admin_client(&server).await?;
+    let before = post_401s(&admin).await?;
     let wrong_secret = NodeToken::new(server_ca_der(&server).as_slice(), &"w".repeat(64))?;
     assert_eq!(wrong_secret.ca_hash(), real.ca_hash());
     let path = agent.path().join("wrong-secret");
@@ -152,6 +154,12 @@ async fn a_wrong_secret_or_pin_is_a_terminal_error_within_seconds() -> Result<()
     );
     assert!(!text.contains('\n'), "one line: {text}");
     assert!(!pki.join(NODE_PEM_FILE).exists());
+    let after_wrong_secret = post_401s(&admin).await?;
+    assert_eq!(
+        after_wrong_secret,
+        before + 1,
+        "the wrong secret was sent once"
+    );
 
     // The right secret, but a pin of another CA: refused before the secret is sent.
     let wrong_pin = NodeToken::new(b"another cluster's CA", real.secret())?;
@@ -174,6 +182,11 @@ async fn a_wrong_secret_or_pin_is_a_terminal_error_within_seconds() -> Result<()
         "names the CA: {err}"
     );
     assert!(!pki.join(NODE_PEM_FILE).exists());
+    assert_eq!(
+        post_401s(&admin).await?,
+        after_wrong_secret,
+        "nothing was posted with the wrong pin"
+    );
 
     // Not a token at all.
     std::fs::write(&path, "K10abc::server:xyz")?;
@@ -186,6 +199,29 @@ async fn a_wrong_secret_or_pin_is_a_terminal_error_within_seconds() -> Result<()
     );
     server.shutdown().await;
     Ok(())
+}
+
+async fn admin_client(server: &Server) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig_path())?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// How many POSTs to non-resource paths (the node-certificate endpoint is the only one this
+/// test makes) the server answered 401.
+async fn post_401s(admin: &kube::Client) -> Result<u64> {
+    let text = admin
+        .request_text(hyper::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with(
+                "apiserver_request_total{verb=\"POST\",group=\"\",version=\"\",resource=\"\"",
+            ) && l.contains("code=\"401\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
 }
 
 fn server_ca_der(server: &Server) -> Vec<u8> {
