@@ -365,3 +365,33 @@ async fn renewal_replaces_the_certificate_without_a_restart() -> Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_renewal_keeps_the_old_certificate() -> Result<()> {
+    let server_dir = tempfile::tempdir()?;
+    let server = start(server_dir.path()).await?;
+    let port = server.local_addr().port();
+    let agent = tempfile::tempdir()?;
+    let token = copy_token(&server, agent.path())?;
+    let pki = agent.path().join("pki");
+    let identity = join::join(server.url(), Some(&token), "edge-1", &pki).await?;
+    let first = identity.cert_der();
+    let first_file = std::fs::read(pki.join(NODE_PEM_FILE))?;
+    server.shutdown().await;
+
+    // The server is away: the renewal fails, retryably, and nothing changes.
+    let err = identity.renew().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("cannot reach the server"), "{err}");
+    assert_eq!(identity.cert_der(), first);
+    assert_eq!(std::fs::read(pki.join(NODE_PEM_FILE))?, first_file);
+
+    // Back: the renewal goes through with the old certificate as the credential.
+    let server = Server::start(config(server_dir.path(), port, Duration::from_secs(3600))).await?;
+    identity.renew().await?;
+    assert_ne!(identity.cert_der(), first);
+    assert_ne!(std::fs::read(pki.join(NODE_PEM_FILE))?, first_file);
+    assert_eq!(whoami(identity.client()).await?.0, "system:node:edge-1");
+    server.shutdown().await;
+    Ok(())
+}
