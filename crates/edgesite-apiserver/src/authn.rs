@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
+use edgesite_api::join::constant_time_eq;
 use edgesite_clock::Clock as _;
 use rustls::pki_types::CertificateDer;
 
@@ -372,19 +373,6 @@ impl Authenticator for TokenFileAuthenticator {
             None => AuthnResult::Rejected("invalid bearer token".to_owned()),
         }
     }
-}
-
-/// Compares two byte strings in time that depends only on their lengths, not on where they
-/// differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// Splits one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote inside quotes).
