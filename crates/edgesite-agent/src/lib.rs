@@ -1,5 +1,7 @@
 //! EdgeSite's node agent. This first foundation is the runtime side:
 //!
+//! - [`join`]: joining the cluster with the node token, the node client certificate kept
+//!   under the agent's directory and renewed in place, and the kube clients that use it;
 //! - [`cri`]: the [`cri::Runtime`] trait (the CRI v1 calls the pod workers make) and
 //!   [`cri::CriRuntime`], CRI v1 gRPC over containerd's unix socket;
 //! - [`cache`]: the node's local cache on disk, the only source the pod workers read;
@@ -26,6 +28,8 @@ pub mod containerd;
 pub mod cri;
 #[cfg(feature = "runtime")]
 pub mod images;
+#[cfg(feature = "runtime")]
+pub mod join;
 pub mod oci;
 #[cfg(feature = "runtime")]
 pub mod pod;

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
+use edgesite_api::join::constant_time_eq;
+use edgesite_clock::Clock as _;
 use rustls::pki_types::CertificateDer;
 
 use crate::pki::client_identity;
@@ -134,12 +136,37 @@ impl Authenticator for X509Authenticator {
         let Some(leaf) = conn.peer_certificates.first() else {
             return AuthnResult::NoCredentials;
         };
+        // rustls checked the validity at the handshake; a connection outlives that, and
+        // upstream verifies the chain (expiry included) on every request, so a client must
+        // reconnect with a renewed certificate rather than ride an old connection.
+        if let Some(why) = outside_validity(leaf, edgesite_clock::SystemClock.unix_seconds()) {
+            return AuthnResult::Rejected(why);
+        }
         match client_identity(leaf) {
             Some((user, groups)) => {
                 AuthnResult::Authenticated(Identity::authenticated(user, groups))
             }
             None => AuthnResult::Rejected("client certificate has no usable subject".to_owned()),
         }
+    }
+}
+
+/// Why a client certificate is not valid at `now` (Unix seconds), if it is not.
+fn outside_validity(cert_der: &[u8], now: i64) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let validity = cert.validity();
+    if now > validity.not_after.timestamp() {
+        Some(format!(
+            "client certificate expired at {}",
+            validity.not_after
+        ))
+    } else if now < validity.not_before.timestamp() {
+        Some(format!(
+            "client certificate is not valid before {}",
+            validity.not_before
+        ))
+    } else {
+        None
     }
 }
 
@@ -348,19 +375,6 @@ impl Authenticator for TokenFileAuthenticator {
     }
 }
 
-/// Compares two byte strings in time that depends only on their lengths, not on where they
-/// differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
-}
-
 /// Splits one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote inside quotes).
 fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
@@ -501,6 +515,35 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn client_certificates_count_only_within_their_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "n");
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_000).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(outside_validity(&der, 1_500), None);
+        assert_eq!(outside_validity(&der, 2_000), None);
+        assert!(outside_validity(&der, 2_001).unwrap().contains("expired"));
+        assert!(
+            outside_validity(&der, 999)
+                .unwrap()
+                .contains("not valid before")
+        );
+        // Through the authenticator: this certificate expired long ago.
+        let conn = ConnectionInfo {
+            remote_addr: None,
+            peer_certificates: vec![CertificateDer::from(der)].into(),
+        };
+        assert!(matches!(
+            X509Authenticator.authenticate(&conn, &HeaderMap::new()),
+            AuthnResult::Rejected(why) if why.contains("expired")
+        ));
     }
 
     #[test]

@@ -1,30 +1,55 @@
-//! The node join token, `DATA_DIR/node-token`: the secret an agent presents on its first join,
-//! and a pin of the cluster CA, so that the agent verifies the server before it trusts it (as
-//! k3s tokens do). Its text is `ES10<sha256 of the CA certificate, hex>::node:<secret>`.
+//! The node join flow, server side: the token file `DATA_DIR/node-token` and the
+//! node-certificate endpoint ([`NODE_CERTIFICATE_PATH`]) where agents trade the token (or, to
+//! renew, their current node certificate) for a node client certificate. The token's text and
+//! the wire form are in [`edgesite_api::join`], which the agent uses too.
 //!
-//! The server writes it on its first start (mode 0600) and keeps it across restarts; a token
-//! file whose CA pin no longer matches the CA (the PKI was replaced) is an error, never rewritten
-//! silently, since every agent that joined holds the old pin.
+//! The token is the secret an agent presents on its first join, and a pin of the cluster CA, so
+//! that the agent verifies the server before it trusts it (as k3s tokens do). Its text is
+//! `ES10<sha256 of the CA certificate, hex>::node:<secret>`. The server writes it on its first
+//! start (mode 0600) and keeps it across restarts; a token file whose CA pin no longer matches
+//! the CA (the PKI was replaced) is an error, never rewritten silently, since every agent that
+//! joined holds the old pin.
+//!
+//! The endpoint sits outside the API's authentication (a join token is no API credential) but
+//! is never open: a request needs the token as a bearer token (401 otherwise) or a node client
+//! certificate for the very node it asks about (403 for another node's).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use edgesite_api::join::{
+    MalformedToken, NodeCertificateRequest, NodeCertificateResponse, node_name_of,
+    validate_node_name,
+};
+use tracing::info;
 
+pub use edgesite_api::join::{NODE_CERTIFICATE_PATH, NodeToken};
+
+use crate::authn::{ConnectionInfo, bearer_token};
 use crate::fsutil::{PRIVATE_MODE, write_atomic};
+use crate::handlers::{json_response, status_json_response};
+use crate::pki::{ClusterPki, client_identity};
 
 /// File name of the token in the data directory.
 pub const NODE_TOKEN_FILE: &str = "node-token";
 
-const PREFIX: &str = "ES10";
-const USER: &str = "node";
+/// Validity of node client certificates by default (1 year, as kubelet's).
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest request body the endpoint reads (a CSR is well under 1 KiB).
+const MAX_BODY: usize = 64 * 1024;
 
 /// Why a token cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The text is not a node token.
-    #[error("not an EdgeSite node token ({0}); it looks like ES10<ca-hash>::node:<secret>")]
-    Malformed(&'static str),
+    #[error(transparent)]
+    Malformed(#[from] MalformedToken),
     /// The token pins another CA than the server's.
     #[error(
         "the node token in {path} pins CA {pinned} but the cluster CA is {actual}; remove the file to issue a new token (every agent must then join again)"
@@ -50,81 +75,11 @@ pub enum TokenError {
     },
 }
 
-/// A node join token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NodeToken {
-    ca_hash: String,
-    secret: String,
-}
-
-impl fmt::Debug for NodeToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The secret never reaches a log.
-        f.debug_struct("NodeToken")
-            .field("ca_hash", &self.ca_hash)
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for NodeToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{}::{USER}:{}", self.ca_hash, self.secret)
-    }
-}
-
-impl NodeToken {
-    /// A new token for the CA certificate `ca_der`, with a fresh 256-bit secret.
-    pub fn generate(ca_der: &[u8]) -> Self {
-        let mut secret = [0u8; 32];
-        edgesite_clock::random::fill(&mut secret);
-        Self {
-            ca_hash: ca_hash(ca_der),
-            secret: hex(&secret),
-        }
-    }
-
-    /// Parses a token's text (surrounding whitespace, such as a file's newline, is ignored).
-    pub fn parse(text: &str) -> Result<Self, TokenError> {
-        let rest = text
-            .trim()
-            .strip_prefix(PREFIX)
-            .ok_or(TokenError::Malformed("no ES10 prefix"))?;
-        let (ca_hash, creds) = rest
-            .split_once("::")
-            .ok_or(TokenError::Malformed("no :: after the CA hash"))?;
-        if ca_hash.len() != 64 || !ca_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TokenError::Malformed("the CA hash is not 64 hex digits"));
-        }
-        let secret = creds
-            .strip_prefix(USER)
-            .and_then(|s| s.strip_prefix(':'))
-            .ok_or(TokenError::Malformed("no node: before the secret"))?;
-        if secret.len() < 32 || !secret.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(TokenError::Malformed(
-                "the secret is not at least 32 letters and digits",
-            ));
-        }
-        Ok(Self {
-            ca_hash: ca_hash.to_ascii_lowercase(),
-            secret: secret.to_owned(),
-        })
-    }
-
-    /// The SHA-256 of the CA certificate it pins, hex.
-    pub fn ca_hash(&self) -> &str {
-        &self.ca_hash
-    }
-
-    /// Whether `ca_der` is the CA this token pins.
-    pub fn pins(&self, ca_der: &[u8]) -> bool {
-        ca_hash(ca_der) == self.ca_hash
-    }
-
-    /// Whether `presented` is this token's secret (compared in constant time).
-    pub fn secret_matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
+/// A new token for the CA certificate `ca_der`, with a fresh 256-bit secret.
+pub fn generate_token(ca_der: &[u8]) -> NodeToken {
+    let mut secret = [0u8; 32];
+    edgesite_clock::random::fill(&mut secret);
+    NodeToken::from_random(ca_der, &secret)
 }
 
 /// The token path of `data_dir`.
@@ -142,14 +97,14 @@ pub fn load_or_create(data_dir: &Path, ca_der: &[u8]) -> Result<NodeToken, Token
             if !token.pins(ca_der) {
                 return Err(TokenError::OtherCa {
                     path,
-                    pinned: token.ca_hash,
-                    actual: ca_hash(ca_der),
+                    pinned: token.ca_hash().to_owned(),
+                    actual: edgesite_api::join::ca_hash(ca_der),
                 });
             }
             Ok(token)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = NodeToken::generate(ca_der);
+            let token = generate_token(ca_der);
             write_atomic(&path, format!("{token}\n").as_bytes(), PRIVATE_MODE).map_err(
                 |source| TokenError::Io {
                     action: "write",
@@ -167,12 +122,140 @@ pub fn load_or_create(data_dir: &Path, ca_der: &[u8]) -> Result<NodeToken, Token
     }
 }
 
-fn ca_hash(ca_der: &[u8]) -> String {
-    hex(&Sha256::digest(ca_der))
+/// What the node-certificate endpoint needs: the token, the CA that signs, how long
+/// certificates last.
+pub(crate) struct NodeCertIssuer {
+    pub(crate) token: NodeToken,
+    pub(crate) pki: Arc<ClusterPki>,
+    pub(crate) validity: Duration,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+impl std::fmt::Debug for NodeCertIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCertIssuer")
+            .field("token", &self.token)
+            .field("validity", &self.validity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router serving [`NODE_CERTIFICATE_PATH`], mounted outside the API's authentication.
+pub(crate) fn router(issuer: Arc<NodeCertIssuer>) -> Router {
+    Router::new()
+        .route(
+            NODE_CERTIFICATE_PATH,
+            axum::routing::post(issue_node_certificate).fallback(|| async {
+                status_json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "node certificates are requested with POST",
+                )
+            }),
+        )
+        .with_state(issuer)
+}
+
+/// Who is asking for a node certificate.
+enum Credential {
+    /// The join token.
+    Token,
+    /// The client certificate of this node.
+    Node(String),
+}
+
+async fn issue_node_certificate(
+    State(issuer): State<Arc<NodeCertIssuer>>,
+    req: Request,
+) -> Response {
+    let conn = req
+        .extensions()
+        .get::<ConnectionInfo>()
+        .cloned()
+        .unwrap_or_default();
+    let unauthorized =
+        |message: &str| status_json_response(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+    let forbidden =
+        |message: &str| status_json_response(StatusCode::FORBIDDEN, "Forbidden", message);
+    // Credentials are checked before the body is looked at: without them nothing about the
+    // request is answered but 401.
+    let credential = if let Some(presented) = bearer_token(req.headers()) {
+        if !issuer.token.accepts(presented) {
+            return unauthorized(
+                "the join token is not this cluster's node token (see DATA_DIR/node-token on the server)",
+            );
+        }
+        Credential::Token
+    } else if let Some(leaf) = conn.peer_certificates.first() {
+        let Some((user, groups)) = client_identity(leaf) else {
+            return unauthorized("the client certificate has no usable subject");
+        };
+        match node_name_of(&user, &groups) {
+            Some(node) => Credential::Node(node.to_owned()),
+            None => {
+                return forbidden(&format!(
+                    "user {user:?} is not a node: node certificates are renewed with a node's own certificate (CN system:node:NAME, O system:nodes)"
+                ));
+            }
+        }
+    } else {
+        return unauthorized(
+            "a node certificate needs the node join token (Authorization: Bearer <token>) or, to renew, the node's current client certificate",
+        );
+    };
+
+    let bad_request =
+        |message: &str| status_json_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(err) => return bad_request(&format!("cannot read the request body: {err}")),
+    };
+    let request: NodeCertificateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(err) => {
+            return bad_request(&format!(
+                "the body is not a node certificate request ({{\"nodeName\": ..., \"csr\": PEM}}): {err}"
+            ));
+        }
+    };
+    if let Err(why) = validate_node_name(&request.node_name) {
+        return bad_request(&why);
+    }
+    let via = match &credential {
+        Credential::Token => "join token",
+        Credential::Node(node) if *node == request.node_name => "node certificate",
+        Credential::Node(node) => {
+            return forbidden(&format!(
+                "node {node:?} may not obtain a certificate for node {:?}",
+                request.node_name
+            ));
+        }
+    };
+    let certificate =
+        match issuer
+            .pki
+            .sign_node_csr(&request.node_name, &request.csr, issuer.validity)
+        {
+            Ok(pem) => pem,
+            Err(err) => return bad_request(&format!("cannot sign the CSR: {err}")),
+        };
+    info!(
+        node = %request.node_name,
+        via,
+        validity_secs = issuer.validity.as_secs(),
+        "issued a node client certificate"
+    );
+    let response = NodeCertificateResponse {
+        certificate,
+        ca_certificate: issuer.pki.ca_cert_pem().to_owned(),
+    };
+    match serde_json::to_value(&response) {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(err) => status_json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &err.to_string(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -182,48 +265,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_print_and_parse_back() {
-        let t = NodeToken::generate(b"ca one");
-        let text = t.to_string();
-        assert!(text.starts_with("ES10"), "{text}");
-        assert_eq!(NodeToken::parse(&format!("  {text}\n")).unwrap(), t);
+    fn generated_tokens_are_random_and_pin_the_ca() {
+        let t = generate_token(b"ca one");
         assert!(t.pins(b"ca one"));
-        assert!(!t.pins(b"ca two"));
-        assert_ne!(NodeToken::generate(b"ca one"), t, "secrets are random");
-        assert!(
-            !format!("{t:?}").contains(&t.secret),
-            "Debug hides the secret"
-        );
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        let t = NodeToken::generate(b"ca");
-        assert!(t.secret_matches(&t.secret));
-        assert!(!t.secret_matches(&t.secret[..40]));
-        assert!(!t.secret_matches(""));
-        let mut other = t.secret.clone().into_bytes();
-        other[0] = if other[0] == b'a' { b'b' } else { b'a' };
-        assert!(!t.secret_matches(std::str::from_utf8(&other).unwrap()));
-    }
-
-    #[test]
-    fn malformed_tokens_say_what_is_wrong() {
-        let hash = "ab".repeat(32);
-        let secret = "x".repeat(32);
-        let cases = [
-            ("K10abc::node:secret".to_owned(), "no ES10 prefix"),
-            (format!("ES10{hash}node:{secret}"), "no :: after"),
-            (format!("ES10abc::node:{secret}"), "64 hex digits"),
-            (format!("ES10{hash}::admin:{secret}"), "no node: before"),
-            (format!("ES10{hash}::node:short"), "at least 32"),
-            (format!("ES10{hash}::node:{secret}!"), "at least 32"),
-        ];
-        for (text, want) in cases {
-            let err = NodeToken::parse(&text).unwrap_err().to_string();
-            assert!(err.contains(want), "{text}: {err}");
-        }
-        assert!(NodeToken::parse(&format!("ES10{hash}::node:{secret}")).is_ok());
+        assert_eq!(t.secret().len(), 64);
+        assert_eq!(NodeToken::parse(&t.to_string()).unwrap(), t);
+        assert_ne!(generate_token(b"ca one"), t, "secrets are random");
     }
 
     #[test]

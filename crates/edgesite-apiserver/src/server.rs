@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub node_port_range: std::ops::RangeInclusive<u16>,
     /// The server's clock: timestamps, ages and intervals (a `ManualClock` in tests).
     pub clock: Arc<dyn Clock>,
+    /// How long the node client certificates issued to joining agents last (default 1 year;
+    /// agents renew at 70–80 % of it).
+    pub node_cert_validity: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +86,7 @@ impl ServerConfig {
             service_cidr: crate::allocator::Ipv4Cidr::default(),
             node_port_range: 30000..=32767,
             clock: Arc::new(SystemClock),
+            node_cert_validity: crate::join::NODE_CERT_VALIDITY,
         }
     }
 
@@ -181,7 +185,10 @@ impl Server {
                     path: config.data_dir.join("pki"),
                     reason: format!("PKI task failed: {e}"),
                 })??;
+        let pki = Arc::new(pki);
         let tls = TlsAcceptor::from(pki.server_config()?);
+        // Before anything is served: the token the node-certificate endpoint checks.
+        let node_token = crate::join::load_or_create(&config.data_dir, pki.ca_cert_der().as_ref())?;
         let pki_ready = clock.instant().duration_since(started);
 
         let addr = SocketAddr::new(config.bind_address, config.secure_port);
@@ -218,6 +225,11 @@ impl Server {
             store,
             server_address: client_addr.to_string(),
             ca_cert_pem: pki.ca_cert_pem().to_owned(),
+            node_certs: Some(Arc::new(crate::join::NodeCertIssuer {
+                token: node_token,
+                pki: pki.clone(),
+                validity: config.node_cert_validity,
+            })),
             version: discovery::version_info(&config.git_commit, &config.build_date),
             authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
             authorizer: Arc::new(MastersAuthorizer),
@@ -246,7 +258,6 @@ impl Server {
             shutdown_tx.subscribe(),
         ));
         let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
-        crate::join::load_or_create(&config.data_dir, pki.ca_cert_der().as_ref())?;
         let node_token_path = crate::join::node_token_path(&config.data_dir);
         let ready_after = clock.instant().duration_since(started);
         // The OpenAPI documents and the protobuf table are parsed on first use (~10 ms in a

@@ -119,6 +119,12 @@ pub fn validate_name(r: &ResourceInfo, name: &str) -> Vec<Cause> {
     meta::name_causes(r, name, "metadata.name", false)
 }
 
+/// The messages for `s` as a DNS-1123 subdomain (most object names, node names); empty when
+/// it is one.
+pub fn dns1123_subdomain(s: &str) -> Vec<String> {
+    meta::dns1123_subdomain(s)
+}
+
 /// Review-style resources are not objects that are stored; they carry no meaningful meta.
 fn skip(r: &ResourceInfo) -> bool {
     matches!(

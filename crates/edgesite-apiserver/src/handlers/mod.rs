@@ -52,6 +52,8 @@ pub struct ApiState {
     pub server_address: String,
     /// The cluster CA certificate (PEM), served at `GET /cacerts`.
     pub ca_cert_pem: String,
+    /// The node-certificate endpoint's token and signer; `None` serves no such endpoint.
+    pub(crate) node_certs: Option<Arc<crate::join::NodeCertIssuer>>,
     /// The `/version` body, computed once.
     pub version: Value,
     /// Authenticates each request.
@@ -68,7 +70,7 @@ pub struct ApiState {
 /// The API router over `state`. Requests should carry a [`ConnectionInfo`] extension (the
 /// accept loop adds it); without one they are treated as coming without a client certificate.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/cacerts", get_only(health::cacerts))
         .route("/version", get_only(health::version))
         .route("/version/", get_only(health::version))
@@ -99,12 +101,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_and_authorize,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::metrics::middleware,
-        ))
-        .with_state(state)
+        ));
+    // Added after the authentication layer, which therefore does not wrap it: the endpoint
+    // checks its own credentials (the join token is no API credential).
+    let api = match &state.node_certs {
+        Some(issuer) => api.route_service(
+            crate::join::NODE_CERTIFICATE_PATH,
+            crate::join::router(issuer.clone()),
+        ),
+        None => api,
+    };
+    api.layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::metrics::middleware,
+    ))
+    .with_state(state)
 }
 
 fn get_only<H, T>(handler: H) -> MethodRouter<Arc<ApiState>>
