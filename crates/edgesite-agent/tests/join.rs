@@ -87,9 +87,12 @@ async fn joins_with_the_token_then_starts_from_the_stored_identity() -> Result<(
     let (user, groups) = whoami(identity.client()).await?;
     assert_eq!(user, "system:node:edge-1");
     assert!(groups.contains(&"system:nodes".to_owned()), "{groups:?}");
-    // Authenticated, and (until a node authorizer exists) forbidden to list nodes: a 403 that
-    // names the node, not a 401.
-    let err = Api::<Node>::all(identity.client())
+    // Authorized as a node: it may list nodes, not Deployments (a 403 that names the node,
+    // not a 401).
+    Api::<Node>::all(identity.client())
+        .list(&ListParams::default())
+        .await?;
+    let err = Api::<k8s_openapi::api::apps::v1::Deployment>::all(identity.client())
         .list(&ListParams::default())
         .await
         .unwrap_err();

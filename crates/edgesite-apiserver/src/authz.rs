@@ -119,6 +119,100 @@ impl Authorizer for MastersAuthorizer {
     }
 }
 
+/// The group of node identities (`system:node:NAME` certificates).
+pub const NODES_GROUP: &str = "system:nodes";
+
+/// The prefix of a node identity's user name.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+
+/// What a node agent may do: upstream's `system:node` cluster role, with writes to Nodes,
+/// Leases and node status limited to the node's own name. Reads are not yet narrowed to the
+/// node's own pods and what they reference (upstream's graph-based node authorizer); until
+/// then a node may read, as a kubelet bound to `system:node` could.
+///
+/// - read (`get`, `list`, `watch`): nodes, pods, services, endpoints, endpointslices,
+///   namespaces, configmaps, secrets, persistentvolumeclaims, persistentvolumes, leases
+///   in `kube-node-lease`;
+/// - its own Node: `create`, `update`, `patch` (and `nodes/status`);
+/// - pods: `patch`/`update` of `pods/status`, `delete` (a kubelet finishes a deletion);
+/// - events: `create`, `update`, `patch` (core and `events.k8s.io`);
+/// - its own Lease in `kube-node-lease`: `create`, `update`, `patch`, `get`;
+/// - `serviceaccounts/token`: `create`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeAuthorizer;
+
+impl NodeAuthorizer {
+    fn allows(node: &str, verb: &str, r: &ResourceAttributes) -> bool {
+        let read = matches!(verb, "get" | "list" | "watch");
+        let own = r.name.as_deref() == Some(node);
+        let sub = r.subresource.as_deref();
+        match (r.api_group.as_str(), r.resource.as_str(), sub) {
+            ("", "nodes", None) => read || (matches!(verb, "create" | "update" | "patch") && own),
+            ("", "nodes", Some("status")) => (read || matches!(verb, "update" | "patch")) && own,
+            ("", "pods", None) => read || verb == "delete",
+            ("", "pods", Some("status")) => read || matches!(verb, "update" | "patch"),
+            (
+                "",
+                "services"
+                | "endpoints"
+                | "namespaces"
+                | "configmaps"
+                | "secrets"
+                | "persistentvolumeclaims"
+                | "persistentvolumes",
+                None,
+            )
+            | ("discovery.k8s.io", "endpointslices", None) => read,
+            ("" | "events.k8s.io", "events", None) => {
+                matches!(verb, "create" | "update" | "patch")
+            }
+            ("coordination.k8s.io", "leases", None) => {
+                r.namespace.as_deref() == Some("kube-node-lease")
+                    && (matches!(verb, "list" | "watch")
+                        || (own && matches!(verb, "get" | "create" | "update" | "patch")))
+            }
+            ("", "serviceaccounts", Some("token")) => verb == "create",
+            _ => false,
+        }
+    }
+}
+
+impl Authorizer for NodeAuthorizer {
+    fn authorize(&self, attrs: &RequestAttributes<'_>) -> Decision {
+        let node = attrs
+            .identity
+            .user
+            .strip_prefix(NODE_USER_PREFIX)
+            .filter(|_| attrs.identity.in_group(NODES_GROUP));
+        match (node, &attrs.resource) {
+            (Some(node), Some(r)) if Self::allows(node, &attrs.verb, r) => Decision::Allow,
+            (Some(node), _) => Decision::Deny(format!(
+                "node {node:?} may not {} {}",
+                attrs.verb, attrs.path
+            )),
+            (None, _) => Decision::Deny("not a node".into()),
+        }
+    }
+}
+
+/// The authorizers in turn: the first that allows decides; denied when none does, with the
+/// reasons of all.
+#[derive(Debug)]
+pub struct Union(pub Vec<Box<dyn Authorizer>>);
+
+impl Authorizer for Union {
+    fn authorize(&self, attrs: &RequestAttributes<'_>) -> Decision {
+        let mut why = Vec::new();
+        for a in &self.0 {
+            match a.authorize(attrs) {
+                Decision::Allow => return Decision::Allow,
+                Decision::Deny(reason) => why.push(reason),
+            }
+        }
+        Decision::Deny(why.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +224,121 @@ mod tests {
             path,
             resource: None,
         }
+    }
+
+    fn resource<'a>(
+        id: &'a Identity,
+        verb: &str,
+        (group, resource, sub): (&str, &str, Option<&str>),
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> RequestAttributes<'a> {
+        RequestAttributes {
+            identity: id,
+            verb: verb.to_owned(),
+            path: "/api/v1/...",
+            resource: Some(ResourceAttributes {
+                api_group: group.into(),
+                resource: resource.into(),
+                subresource: sub.map(String::from),
+                namespace: namespace.map(String::from),
+                name: name.map(String::from),
+            }),
+        }
+    }
+
+    #[test]
+    fn nodes_may_do_what_a_kubelet_does_and_write_only_their_own_node_and_lease() {
+        let node = Identity::authenticated("system:node:edge-1", vec![NODES_GROUP.into()]);
+        let impostor = Identity::authenticated("system:node:edge-1", vec![]);
+        let z = NodeAuthorizer;
+        let cases: &[(
+            &str,
+            (&str, &str, Option<&str>),
+            Option<&str>,
+            Option<&str>,
+            bool,
+        )] = &[
+            ("watch", ("", "pods", None), None, None, true),
+            (
+                "patch",
+                ("", "pods", Some("status")),
+                Some("d"),
+                Some("p"),
+                true,
+            ),
+            ("delete", ("", "pods", None), Some("d"), Some("p"), true),
+            ("create", ("", "pods", None), Some("d"), None, false),
+            ("update", ("", "pods", None), Some("d"), Some("p"), false),
+            (
+                "get",
+                ("", "pods", Some("exec")),
+                Some("d"),
+                Some("p"),
+                false,
+            ),
+            ("create", ("", "nodes", None), None, Some("edge-1"), true),
+            (
+                "patch",
+                ("", "nodes", Some("status")),
+                None,
+                Some("edge-1"),
+                true,
+            ),
+            (
+                "patch",
+                ("", "nodes", Some("status")),
+                None,
+                Some("edge-2"),
+                false,
+            ),
+            ("delete", ("", "nodes", None), None, Some("edge-1"), false),
+            ("get", ("", "secrets", None), Some("d"), Some("s"), true),
+            ("create", ("", "secrets", None), Some("d"), None, false),
+            ("create", ("", "events", None), Some("d"), None, true),
+            (
+                "patch",
+                ("coordination.k8s.io", "leases", None),
+                Some("kube-node-lease"),
+                Some("edge-1"),
+                true,
+            ),
+            (
+                "patch",
+                ("coordination.k8s.io", "leases", None),
+                Some("kube-node-lease"),
+                Some("edge-2"),
+                false,
+            ),
+            (
+                "patch",
+                ("coordination.k8s.io", "leases", None),
+                Some("kube-system"),
+                Some("edge-1"),
+                false,
+            ),
+            ("list", ("apps", "deployments", None), None, None, false),
+            (
+                "create",
+                ("", "serviceaccounts", Some("token")),
+                Some("d"),
+                Some("sa"),
+                true,
+            ),
+        ];
+        for (verb, gr, ns, name, allowed) in cases {
+            let got = z.authorize(&resource(&node, verb, *gr, *ns, *name)) == Decision::Allow;
+            assert_eq!(got, *allowed, "{verb} {gr:?} {ns:?} {name:?}");
+            assert_ne!(
+                z.authorize(&resource(&impostor, verb, *gr, *ns, *name)),
+                Decision::Allow,
+                "a node user name without the nodes group is no node"
+            );
+        }
+        assert_ne!(
+            z.authorize(&attrs(&node, "get", "/metrics")),
+            Decision::Allow
+        );
     }
 
     #[test]

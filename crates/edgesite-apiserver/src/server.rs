@@ -27,7 +27,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::authn::{ConnectionInfo, TokenFileAuthenticator, TokenFileError, UnionAuthenticator};
-use crate::authz::MastersAuthorizer;
+use crate::authz::{MastersAuthorizer, NodeAuthorizer, Union};
 use crate::handlers::{ApiState, router};
 use crate::kubeconfig::{KubeconfigError, write_admin_kubeconfig};
 use crate::pki::{ClusterPki, PkiError, PkiOptions};
@@ -232,7 +232,10 @@ impl Server {
             })),
             version: discovery::version_info(&config.git_commit, &config.build_date),
             authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
-            authorizer: Arc::new(MastersAuthorizer),
+            authorizer: Arc::new(Union(vec![
+                Box::new(MastersAuthorizer),
+                Box::new(NodeAuthorizer),
+            ])),
             shutting_down: AtomicBool::new(false),
             shutdown: shutdown_rx.clone(),
         });
