@@ -247,18 +247,21 @@ mod tests {
         }
     }
 
+    /// verb, (group, resource, subresource), namespace, name, allowed.
+    type Case<'a> = (
+        &'a str,
+        (&'a str, &'a str, Option<&'a str>),
+        Option<&'a str>,
+        Option<&'a str>,
+        bool,
+    );
+
     #[test]
     fn nodes_may_do_what_a_kubelet_does_and_write_only_their_own_node_and_lease() {
         let node = Identity::authenticated("system:node:edge-1", vec![NODES_GROUP.into()]);
         let impostor = Identity::authenticated("system:node:edge-1", vec![]);
         let z = NodeAuthorizer;
-        let cases: &[(
-            &str,
-            (&str, &str, Option<&str>),
-            Option<&str>,
-            Option<&str>,
-            bool,
-        )] = &[
+        let cases: &[Case] = &[
             ("watch", ("", "pods", None), None, None, true),
             (
                 "patch",
