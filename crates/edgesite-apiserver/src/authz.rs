@@ -261,7 +261,7 @@ mod tests {
         let node = Identity::authenticated("system:node:edge-1", vec![NODES_GROUP.into()]);
         let impostor = Identity::authenticated("system:node:edge-1", vec![]);
         let z = NodeAuthorizer;
-        let cases: &[Case] = &[
+        let cases: &[Case<'_>] = &[
             ("watch", ("", "pods", None), None, None, true),
             (
                 "patch",
