@@ -42,6 +42,7 @@ pub mod informers;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod queue;
 pub mod replicaset;
@@ -105,6 +106,9 @@ pub struct Config {
     /// The cluster CA certificate (PEM) published as `kube-root-ca.crt` in every namespace;
     /// `None` publishes nothing. `edgesite server` passes its CA.
     pub root_ca_pem: Option<String>,
+    /// The network nodes' pod CIDRs are allocated from (a `/24` each); `None` allocates
+    /// none.
+    pub cluster_cidr: Option<node_ipam::ClusterCidr>,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             node_autonomy: node_lifecycle::Autonomy::Forever,
             job_backoff: std::time::Duration::from_secs(10),
             root_ca_pem: None,
+            cluster_cidr: None,
         }
     }
 }
@@ -193,6 +198,12 @@ fn controllers(
         task!("endpoints", |c, _cfg, i| endpoints::run(c, &i)),
         task!("endpointslice", |c, _cfg, i| endpointslice::run(c, &i)),
         task!("serviceaccount", |c, _cfg, i| serviceaccount::run(c, &i)),
+        task!("node-ipam", |c, cfg, i| async move {
+            match cfg.cluster_cidr {
+                Some(cidr) => node_ipam::run(c, cidr, &i).await,
+                None => info!("no cluster CIDR configured: nodes get no pod CIDR"),
+            }
+        }),
         task!("root-ca-publisher", |c, cfg, i| rootca::run(
             c,
             cfg.root_ca_pem.clone(),
