@@ -4,6 +4,8 @@
 //!   under the agent's directory and renewed in place, and the kube clients that use it;
 //! - [`cri`]: the [`cri::Runtime`] trait (the CRI v1 calls the pod workers make) and
 //!   [`cri::CriRuntime`], CRI v1 gRPC over containerd's unix socket;
+//! - [`agent`]: `edgesite agent`, the parts wired together;
+//! - [`report`]: pod status, events and final deletes written to the server through a queue;
 //! - [`cache`]: the node's local cache on disk, the only source the pod workers read;
 //! - [`cni`]: the pods' network, a CNI bridge per agent from the node's pod CIDR, and its
 //!   cleanup;
@@ -19,6 +21,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "runtime")]
+pub mod agent;
+#[cfg(feature = "runtime")]
 pub mod cache;
 #[cfg(feature = "runtime")]
 pub mod cni;
@@ -33,5 +37,7 @@ pub mod join;
 pub mod oci;
 #[cfg(feature = "runtime")]
 pub mod pod;
+#[cfg(feature = "runtime")]
+pub mod report;
 #[cfg(feature = "runtime")]
 pub mod sync;

@@ -1,0 +1,465 @@
+//! `edgesite agent`: the node. [`run`] wires the parts together in the order a node needs
+//! them:
+//!
+//! 1. the local cache (`ADIR/cache`), which holds the node's objects from the last run;
+//! 2. the node identity ([`crate::join`]): the stored certificate, or a first join with the
+//!    token; renewed in the background;
+//! 3. the Node registered (capacity, node info, addresses, conditions) and its Lease, and the
+//!    node-scoped watches ([`crate::sync`]) feeding the cache;
+//! 4. the pod network from the node's `spec.podCIDR` (written before containerd starts, so
+//!    its CRI plugin finds it), then containerd (the agent's own, or `--containerd-address`),
+//!    and the pause image;
+//! 5. the pod workers, fed only from the cache; their reports go to the server through a
+//!    queue ([`crate::report`]); the Lease is renewed every 10 s and the node status posted
+//!    every minute and whenever the server marked the node `Unknown`.
+//!
+//! Stopping the agent leaves the containers running; the next start adopts them.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgesite_clock::{Clock, SystemClock};
+use edgesite_node::{Health, NodeFacts, NodeWriter};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt as _;
+use kube::runtime::watcher;
+use tracing::{debug, info, warn};
+
+use crate::cache::{Kind, LocalCache};
+use crate::cni::PodNetwork;
+use crate::containerd::{ContainerdConfig, ManagedContainerd};
+use crate::cri::{CriRuntime, Runtime};
+use crate::images::ImageImporter;
+use crate::pod::volumes::HostVolumes;
+use crate::pod::{Allocatable, NodeContext, NodeResources, PodWorkers, WorkerOptions};
+use crate::report::{ApiReporter, FIELD_MANAGER};
+
+/// What the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The API server, `https://HOST:PORT`.
+    pub server: String,
+    /// The join token file; needed only for the first join.
+    pub token_file: Option<PathBuf>,
+    /// The node's name.
+    pub node_name: String,
+    /// The agent's directory (`ADIR`).
+    pub data_dir: PathBuf,
+    /// A containerd to use instead of the agent's own.
+    pub containerd_address: Option<PathBuf>,
+    /// The node's address (`status.addresses` InternalIP, `status.hostIP`).
+    pub node_ip: IpAddr,
+    /// The host's static busybox, from which the pause image is built.
+    pub busybox: PathBuf,
+    /// How often the Lease is renewed (kubelet: 10 s).
+    pub lease_renew: Duration,
+    /// How often the node status is posted without a change (kubelet: 1 min).
+    pub status_report: Duration,
+}
+
+impl AgentConfig {
+    /// The defaults for node `node_name` of `server` in `data_dir`.
+    pub fn new(
+        server: &str,
+        node_name: &str,
+        data_dir: impl Into<PathBuf>,
+        node_ip: IpAddr,
+    ) -> Self {
+        Self {
+            server: server.to_owned(),
+            token_file: None,
+            node_name: node_name.to_owned(),
+            data_dir: data_dir.into(),
+            containerd_address: None,
+            node_ip,
+            busybox: "/bin/busybox".into(),
+            lease_renew: Duration::from_secs(10),
+            status_report: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The join failed for good.
+    #[error(transparent)]
+    Join(#[from] crate::join::JoinError),
+    /// The local cache cannot be used.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    /// containerd cannot be started or reached.
+    #[error(transparent)]
+    Containerd(#[from] crate::containerd::Error),
+    /// A CRI call failed at start.
+    #[error(transparent)]
+    Cri(#[from] crate::cri::Error),
+    /// The pod network cannot be configured.
+    #[error(transparent)]
+    Cni(#[from] crate::cni::Error),
+    /// The pause image cannot be made.
+    #[error(transparent)]
+    Images(#[from] crate::images::Error),
+    /// The agent's directory cannot be made.
+    #[error("agent directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The node's own facts, read from the host.
+pub fn node_facts(config: &AgentConfig, runtime_version: &str, kubelet_version: &str) -> NodeFacts {
+    let host = NodeResources::of_host();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let os_image = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "Linux".into());
+    let uname = nix::sys::utsname::uname().ok();
+    let kernel = uname
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let storage = nix::sys::statvfs::statvfs(&config.data_dir)
+        .map(|s| s.blocks().saturating_mul(s.fragment_size()))
+        .unwrap_or(0);
+    let capacity = [
+        ("cpu".to_owned(), format!("{}m", host.cpu_millis)),
+        ("memory".to_owned(), format!("{}", host.memory_bytes)),
+        ("pods".to_owned(), "110".to_owned()),
+        ("ephemeral-storage".to_owned(), format!("{storage}")),
+    ]
+    .into_iter()
+    .collect();
+    let labels = [
+        ("kubernetes.io/hostname", config.node_name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/arch", arch),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let node_info = serde_json::json!({
+        "machineID": read("/etc/machine-id"),
+        "systemUUID": read("/sys/class/dmi/id/product_uuid"),
+        "bootID": read("/proc/sys/kernel/random/boot_id"),
+        "kernelVersion": kernel,
+        "osImage": os_image,
+        "containerRuntimeVersion": runtime_version,
+        "kubeletVersion": kubelet_version,
+        "kubeProxyVersion": kubelet_version,
+        "operatingSystem": "linux",
+        "architecture": arch,
+    });
+    NodeFacts {
+        name: config.node_name.clone(),
+        labels,
+        annotations: Default::default(),
+        pod_cidr: None,
+        addresses: vec![
+            ("InternalIP".into(), config.node_ip.to_string()),
+            ("Hostname".into(), config.node_name.clone()),
+        ],
+        allocatable: Default::default(),
+        capacity,
+        node_info: match node_info {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        },
+    }
+}
+
+/// The address of the interface the default IPv4 route leaves through
+/// (`--node-ip`'s default), from `/proc/net/route` and the interfaces' addresses.
+pub fn default_route_ip() -> Option<IpAddr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_owned())
+    })?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        (a.interface_name == iface)
+            .then(|| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+            .flatten()
+    })
+}
+
+/// The server's version (`gitVersion` of `/version`), which the node reports as its kubelet
+/// version; `None` when it cannot be read.
+async fn server_version(client: &kube::Client) -> Option<String> {
+    client.apiserver_version().await.ok().map(|v| v.git_version)
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let adir = config.data_dir.clone();
+    std::fs::create_dir_all(&adir).map_err(|source| AgentError::Io {
+        path: adir.clone(),
+        source,
+    })?;
+    let (cache, mut changes) = LocalCache::open(&adir.join("cache")).await?;
+
+    let identity = Arc::new(
+        crate::join::join(
+            &config.server,
+            config.token_file.as_deref(),
+            &config.node_name,
+            &adir.join("pki"),
+        )
+        .await?,
+    );
+    let renewal = tokio::spawn(identity.clone().run_renewal(clock.clone()));
+    let client = identity.client();
+
+    let sync = Arc::new(crate::sync::Sync::new(
+        client.clone(),
+        cache.clone(),
+        &config.node_name,
+    ));
+    sync.start();
+
+    // Register (in the background when the server is away: the cache is enough to run).
+    let writer = NodeWriter::new(&client, FIELD_MANAGER);
+    let kubelet_version = server_version(&client)
+        .await
+        .unwrap_or_else(|| "v0.0.0-edgesite".into());
+    let mut facts = node_facts(&config, "containerd://starting", &kubelet_version);
+    if let Err(err) = writer.register(&*clock, &facts, &Health::healthy()).await {
+        warn!(%err, "cannot register the node now; running from the local cache, retried with the status");
+    }
+
+    let pod_cidr = wait_for_pod_cidr(&cache, &config.node_name).await;
+    let network = PodNetwork::new(&adir, &pod_cidr)?;
+    network.write()?;
+    info!(%pod_cidr, bridge = %network.name(), "pod network configured");
+
+    let (managed, runtime): (Option<ManagedContainerd>, CriRuntime) =
+        match &config.containerd_address {
+            Some(socket) => (None, CriRuntime::connect(socket).await?),
+            None => {
+                let managed = ManagedContainerd::start(ContainerdConfig::new(&adir)).await?;
+                let rt = managed.runtime().clone();
+                (Some(managed), rt)
+            }
+        };
+    let version = runtime.version().await?;
+    facts = node_facts(
+        &config,
+        &format!("{}://{}", version.runtime_name, version.runtime_version),
+        &kubelet_version,
+    );
+    let socket = managed
+        .as_ref()
+        .map(ManagedContainerd::socket)
+        .or_else(|| config.containerd_address.clone())
+        .unwrap_or_default();
+    ImageImporter::new(&socket)
+        .ensure_pause_image(&runtime, &config.busybox, &adir.join("images-build"))
+        .await?;
+
+    let node_ctx = NodeContext {
+        capacity: NodeResources::of_host(),
+        allocatable: NodeResources::of_host(),
+        ..NodeContext::new(
+            &config.node_name,
+            config.node_ip,
+            adir.join("pods"),
+            None,
+            "cluster.local",
+        )
+    };
+    let host = NodeResources::of_host();
+    let reporter = ApiReporter::new(&config.node_name, clock.clone());
+    let reports = tokio::spawn(reporter.clone().run(client.clone()));
+    let workers = PodWorkers::new(
+        Arc::new(runtime.clone()),
+        Arc::new(HostVolumes::new(node_ctx.clone())),
+        cache.clone(),
+        reporter.clone(),
+        clock.clone(),
+        node_ctx,
+        Allocatable {
+            cpu_milli: host.cpu_millis,
+            memory: host.memory_bytes,
+            pods: 110,
+        },
+        WorkerOptions::default(),
+    );
+
+    let heartbeat = tokio::spawn(heartbeat(
+        writer.clone(),
+        clock.clone(),
+        facts.clone(),
+        cache.clone(),
+        config.lease_renew,
+        config.status_report,
+    ));
+    let keeper = {
+        let (writer, clock, facts, cache) =
+            (writer.clone(), clock.clone(), facts.clone(), cache.clone());
+        let by_name =
+            watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
+        tokio::spawn(async move {
+            edgesite_node::keep_status(writer.nodes().clone(), by_name, |node| {
+                let (writer, clock, facts, cache) = (&writer, &clock, &facts, &cache);
+                async move {
+                    let _ = cache;
+                    if let Err(err) = writer
+                        .post_status(&**clock, facts, &Health::healthy(), Some(&node))
+                        .await
+                    {
+                        debug!(%err, "status post failed; retried on the next change");
+                    }
+                }
+            })
+            .await;
+        })
+    };
+
+    // Pods the cache had at start, then every change: the cache is the only source.
+    let dispatch = async {
+        let mut uids: std::collections::HashMap<String, String> = Default::default();
+        let mut orphans_checked = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                change = changes.recv() => {
+                    let Some(change) = change else { break };
+                    match change.kind {
+                        Kind::Pod => {
+                            match cache.get::<Pod>(&change.key) {
+                                Some(pod) => {
+                                    if let Some(uid) = pod.uid()
+                                        && let Some(old) = uids.insert(change.key.clone(), uid.clone())
+                                        && old != uid
+                                    {
+                                        workers.remove(&old);
+                                    }
+                                    workers.update(pod);
+                                }
+                                None => if let Some(uid) = uids.remove(&change.key) {
+                                    workers.remove(&uid);
+                                },
+                            }
+                            sync.follow_refs();
+                        }
+                        Kind::ConfigMap | Kind::Secret => workers.resync_all(),
+                        Kind::Node => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    // Once the pod list came from the server, sandboxes of pods it no
+                    // longer has are orphans.
+                    if !orphans_checked && cache.resource_version(Kind::Pod).is_some() {
+                        let known: HashSet<String> = uids.values().cloned().collect();
+                        match workers.remove_orphans(&known).await {
+                            Ok(removed) if !removed.is_empty() => info!(?removed, "removed sandboxes of pods this node no longer has"),
+                            Ok(_) => {}
+                            Err(err) => debug!(%err, "orphan check failed; retried"),
+                        }
+                        orphans_checked = true;
+                    }
+                }
+            }
+        }
+    };
+    info!(node = %config.node_name, server = %config.server, "agent running");
+    tokio::select! {
+        () = shutdown => info!("agent stopping; containers keep running"),
+        () = dispatch => warn!("the cache's change feed ended"),
+    }
+    for t in [heartbeat, keeper, reports, renewal] {
+        t.abort();
+    }
+    drop(workers);
+    drop(sync);
+    if let Some(managed) = managed {
+        managed.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The pod CIDR of node `name` as the cache has it, waiting for the server to allocate one.
+async fn wait_for_pod_cidr(cache: &LocalCache, name: &str) -> String {
+    let mut said = false;
+    loop {
+        if let Some(cidr) = cache
+            .get::<Node>(name)
+            .and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
+            .filter(|c| !c.is_empty())
+        {
+            return cidr;
+        }
+        if !said {
+            info!(node = %name, "waiting for the server to allocate the node's pod CIDR");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Renews the Lease every `renew` and posts the node status every `report`.
+async fn heartbeat(
+    writer: NodeWriter,
+    clock: Arc<dyn Clock>,
+    facts: NodeFacts,
+    cache: Arc<LocalCache>,
+    renew: Duration,
+    report: Duration,
+) {
+    let mut lease = tokio::time::interval(renew);
+    let mut status = tokio::time::interval(report);
+    let mut failing = false;
+    loop {
+        let res = tokio::select! {
+            _ = lease.tick() => writer.renew(&*clock, &facts.name).await,
+            _ = status.tick() => {
+                let previous = cache.get::<Node>(&facts.name);
+                writer.post_status(&*clock, &facts, &Health::healthy(), previous.as_deref()).await.map(|_| ())
+            }
+        };
+        match res {
+            Ok(()) if failing => {
+                info!("heartbeats reach the server again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                // The Node or Lease is gone (deleted, or never registered offline): register.
+                if let Err(err) = writer.register(&*clock, &facts, &Health::healthy()).await {
+                    debug!(%err, "registration failed; retried");
+                }
+            }
+            Err(err) => {
+                if !failing {
+                    warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
+                }
+                failing = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! What the pod workers learn, written to the API server: pod status (the status
+//! subresource), events, and the final delete of terminated pods (grace period 0, as kubelet
+//! finishes a deletion). [`ApiReporter`] queues everything and a writer task sends it; while
+//! the server is unreachable the queue holds the latest status per pod (a later one replaces
+//! an earlier one), the terminations, and up to [`MAX_EVENTS`] events (older ones are dropped
+//! and counted), so offline costs bounded memory and a reconnect sends only what is current.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgesite_clock::Clock;
+use k8s_openapi::api::core::v1::{Event, Pod, PodStatus};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, Client, ResourceExt as _};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::pod::{EventType, Reporter};
+
+/// The most events kept while they cannot be sent.
+pub const MAX_EVENTS: usize = 1000;
+
+/// The field manager of what the agent writes.
+pub const FIELD_MANAGER: &str = "edgesite-agent";
+
+#[derive(Debug, Clone)]
+struct PodId {
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl PodId {
+    fn of(pod: &Pod) -> Self {
+        Self {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    statuses: HashMap<String, (PodId, PodStatus)>,
+    terminated: Vec<PodId>,
+    events: VecDeque<Event>,
+    dropped_events: u64,
+}
+
+/// The [`Reporter`] that writes to the API server through a queue.
+#[derive(Debug)]
+pub struct ApiReporter {
+    node_name: String,
+    clock: Arc<dyn Clock>,
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+impl ApiReporter {
+    /// A reporter for node `node_name`; nothing is sent before [`ApiReporter::run`] runs.
+    pub fn new(node_name: &str, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self {
+            node_name: node_name.to_owned(),
+            clock,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+        })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many statuses, terminations and events wait to be sent.
+    pub fn pending(&self) -> (usize, usize, usize) {
+        let q = self.queue();
+        (q.statuses.len(), q.terminated.len(), q.events.len())
+    }
+
+    /// Sends what is queued through `client` until dropped; on failure keeps it and retries
+    /// with back-off (1 s doubling to 30 s).
+    pub async fn run(self: Arc<Self>, client: Client) {
+        let mut backoff = Duration::from_secs(1);
+        let mut failing = false;
+        loop {
+            let notified = self.ready.notified();
+            let (statuses, terminated, events) = {
+                let mut q = self.queue();
+                if q.dropped_events > 0 {
+                    warn!(
+                        dropped = q.dropped_events,
+                        "events dropped while the server was unreachable"
+                    );
+                    q.dropped_events = 0;
+                }
+                (
+                    std::mem::take(&mut q.statuses),
+                    std::mem::take(&mut q.terminated),
+                    std::mem::take(&mut q.events),
+                )
+            };
+            if statuses.is_empty() && terminated.is_empty() && events.is_empty() {
+                notified.await;
+                continue;
+            }
+            let ok = self.send(&client, statuses, terminated, events).await;
+            if ok {
+                if failing {
+                    info!("pod status reports reach the server again");
+                }
+                failing = false;
+                backoff = Duration::from_secs(1);
+            } else {
+                if !failing {
+                    warn!(
+                        "cannot report to the server; keeping the latest pod statuses and retrying"
+                    );
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+
+    /// Sends one batch; what fails for a retryable reason goes back to the queue (unless a
+    /// newer status replaced it meanwhile). Returns whether everything went.
+    async fn send(
+        &self,
+        client: &Client,
+        statuses: HashMap<String, (PodId, PodStatus)>,
+        terminated: Vec<PodId>,
+        events: VecDeque<Event>,
+    ) -> bool {
+        let mut all_ok = true;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        for (uid, (id, status)) in statuses {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &id.namespace);
+            let body = json!({"metadata": {"uid": id.uid}, "status": status});
+            match api
+                .patch_status(&id.name, &params, &Patch::Merge(&body))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => {
+                    debug!(pod = %id.name, code = e.code, msg = %e.message, "status not written: the pod is gone or changed");
+                }
+                Err(err) => {
+                    debug!(pod = %id.name, %err, "status write failed; kept");
+                    all_ok = false;
+                    self.queue().statuses.entry(uid).or_insert((id, status));
+                }
+            }
+        }
+        for id in terminated {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &id.namespace);
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(id.uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&id.name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(err) => {
+                    debug!(pod = %id.name, %err, "final delete failed; kept");
+                    all_ok = false;
+                    self.queue().terminated.push(id);
+                }
+            }
+        }
+        for ev in events {
+            let ns = ev.namespace().unwrap_or_default();
+            let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+            match api.create(&PostParams::default(), &ev).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code != 429 && e.code < 500 => {
+                    debug!(code = e.code, msg = %e.message, "event refused");
+                }
+                Err(err) => {
+                    debug!(%err, "event write failed; kept");
+                    all_ok = false;
+                    let mut q = self.queue();
+                    if q.events.len() < MAX_EVENTS {
+                        q.events.push_back(ev);
+                    } else {
+                        q.dropped_events += 1;
+                    }
+                }
+            }
+        }
+        all_ok
+    }
+}
+
+impl Reporter for ApiReporter {
+    fn pod_status(&self, pod: &Pod, status: PodStatus) {
+        let id = PodId::of(pod);
+        self.queue().statuses.insert(id.uid.clone(), (id, status));
+        self.ready.notify_one();
+    }
+
+    fn event(
+        &self,
+        pod: &Pod,
+        kind: EventType,
+        reason: &str,
+        field_path: Option<String>,
+        message: String,
+    ) {
+        let id = PodId::of(pod);
+        let now = edgesite_node::time_now(&*self.clock);
+        let suffix = edgesite_clock::random::name_suffix(10);
+        let ev: Result<Event, _> = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{}.{suffix}", id.name), "namespace": id.namespace},
+            "involvedObject": {
+                "apiVersion": "v1", "kind": "Pod", "namespace": id.namespace,
+                "name": id.name, "uid": id.uid, "fieldPath": field_path,
+            },
+            "reason": reason,
+            "message": message,
+            "type": kind.as_str(),
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }));
+        let Ok(ev) = ev else { return };
+        let mut q = self.queue();
+        if q.events.len() >= MAX_EVENTS {
+            q.events.pop_front();
+            q.dropped_events += 1;
+        }
+        q.events.push_back(ev);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn pod_terminated(&self, pod: &Pod) {
+        self.queue().terminated.push(PodId::of(pod));
+        self.ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d", "uid": uid}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_latest_status_per_pod_wins_and_events_are_bounded() {
+        let r = ApiReporter::new("n1", Arc::new(edgesite_clock::SystemClock));
+        let mut s = PodStatus {
+            phase: Some("Pending".into()),
+            ..PodStatus::default()
+        };
+        r.pod_status(&pod("u1"), s.clone());
+        s.phase = Some("Running".into());
+        r.pod_status(&pod("u1"), s);
+        r.pod_status(&pod("u2"), PodStatus::default());
+        for i in 0..MAX_EVENTS + 5 {
+            r.event(
+                &pod("u1"),
+                EventType::Normal,
+                "Started",
+                None,
+                format!("{i}"),
+            );
+        }
+        r.pod_terminated(&pod("u2"));
+        assert_eq!(r.pending(), (2, 1, MAX_EVENTS));
+        let q = r.queue();
+        assert_eq!(q.statuses["u1"].1.phase.as_deref(), Some("Running"));
+        assert_eq!(q.dropped_events, 5);
+        assert_eq!(q.events.front().unwrap().message.as_deref(), Some("5"));
+        let ev = q.events.back().unwrap();
+        assert_eq!(ev.involved_object.uid.as_deref(), Some("u1"));
+        assert_eq!(ev.source.as_ref().unwrap().host.as_deref(), Some("n1"));
+    }
+}
