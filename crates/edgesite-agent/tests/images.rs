@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use edgesite_agent::cri::Runtime;
-use edgesite_agent::images::{ImageImporter, ImagesDir, ImportOutcome, dir::POLL_INTERVAL};
+use edgesite_agent::images::dir::{POLL_INTERVAL, confirm_served};
+use edgesite_agent::images::{ImageImporter, ImagesDir, ImportOutcome};
 use edgesite_agent::oci;
 use edgesite_testkit::TestContainerd;
 use edgesite_testkit::containerd::host_busybox;
@@ -82,7 +83,8 @@ async fn tarballs_of_every_format_are_imported_once_and_a_corrupt_one_stops_noth
 
     let importer = ImageImporter::new(ctd.socket());
     let mut images = ImagesDir::new(&dir, importer.clone());
-    let outcomes = images.import_all_once().await;
+    let mut outcomes = images.import_all_once().await;
+    confirm_served(ctd.runtime(), &mut outcomes, Duration::from_secs(10)).await;
     assert_eq!(outcomes.len(), 6, "{outcomes:?}");
     assert_eq!(by_file(&outcomes, "plain.tar"), ["edgesite.io/plain:1"]);
     assert_eq!(by_file(&outcomes, "gz.tar.gz"), ["edgesite.io/gz:1"]);
@@ -147,7 +149,8 @@ async fn tarballs_of_every_format_are_imported_once_and_a_corrupt_one_stops_noth
     build("edgesite.io/fixed:1")
         .write(&dir.join("corrupt.tar"))
         .unwrap();
-    let outcomes = again.import_all_once().await;
+    let mut outcomes = again.import_all_once().await;
+    confirm_served(ctd.runtime(), &mut outcomes, Duration::from_secs(10)).await;
     assert_eq!(by_file(&outcomes, "plain.tar"), ["edgesite.io/plain:2"]);
     assert_eq!(by_file(&outcomes, "corrupt.tar"), ["edgesite.io/fixed:1"]);
     assert_eq!(again.imports(), 2);
@@ -184,7 +187,8 @@ async fn a_file_being_copied_waits_and_a_new_file_is_imported_within_seconds() {
     }
     assert!(images.poll().await.is_empty(), "imported while growing");
     assert_eq!(images.imports(), 0);
-    let outcomes = images.poll().await;
+    let mut outcomes = images.poll().await;
+    confirm_served(ctd.runtime(), &mut outcomes, Duration::from_secs(10)).await;
     assert_eq!(by_file(&outcomes, "slow.tar"), ["edgesite.io/slow:1"]);
     assert_served(&ctd, "edgesite.io/slow:1").await;
 
@@ -202,7 +206,9 @@ async fn a_file_being_copied_waits_and_a_new_file_is_imported_within_seconds() {
         .await
         .expect("the new file was not imported within 4 polls")
         .unwrap();
-    assert_eq!(by_file(&[outcome], "new.tar.gz"), ["edgesite.io/new:1"]);
+    let mut outcomes = [outcome];
+    confirm_served(ctd.runtime(), &mut outcomes, Duration::from_secs(10)).await;
+    assert_eq!(by_file(&outcomes, "new.tar.gz"), ["edgesite.io/new:1"]);
     eprintln!(
         "figure: dropped file → imported: {} ms (poll every {} ms)",
         started.elapsed().as_millis(),

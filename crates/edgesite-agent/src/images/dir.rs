@@ -375,6 +375,47 @@ impl ImageImporter {
     }
 }
 
+/// Waits (up to `timeout`) until CRI `ImageStatus` reports every image the successful
+/// `outcomes` imported — the CRI plugin learns of imports from containerd's events, so a pod
+/// started right after an import could otherwise miss the image and try to pull it — and
+/// turns an outcome whose image CRI never reports into [`Error::NotVisible`]. Used at start,
+/// after [`ImagesDir::import_all_once`], before pods start.
+pub async fn confirm_served(
+    runtime: &dyn crate::cri::Runtime,
+    outcomes: &mut [ImportOutcome],
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for outcome in outcomes.iter_mut() {
+        let Ok(names) = &outcome.result else { continue };
+        let mut missing = None;
+        for name in names {
+            loop {
+                match runtime.image_status(name).await {
+                    Ok(Some(_)) => break,
+                    Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(None) | Err(_) => {
+                        missing = Some(name.clone());
+                        break;
+                    }
+                }
+            }
+            if missing.is_some() {
+                break;
+            }
+        }
+        if let Some(name) = missing {
+            tracing::warn!(file = %outcome.file.display(), image = %name, "imported image is not served by CRI");
+            outcome.result = Err(Error::NotVisible {
+                name,
+                tarball: outcome.file.clone(),
+            });
+        }
+    }
+}
+
 /// The names in `ctr images import`'s output (`unpacking NAME (sha256:…)...done`).
 pub fn imported_names(stdout: &str) -> Vec<String> {
     stdout
