@@ -1,11 +1,14 @@
 //! Images on the node without a registry: the agent's pause image built from the host's
 //! busybox, and OCI tarballs imported into containerd's `k8s.io` namespace (the one the CRI
-//! plugin serves) with `ctr`.
+//! plugin serves) with `ctr`; [`dir`] watches the offline images directory `ADIR/images/`.
 
 use std::path::{Path, PathBuf};
 
 use crate::cri::{self, Runtime};
 use crate::oci;
+
+pub mod dir;
+pub use dir::{ImagesDir, ImportOutcome};
 
 /// The containerd namespace of the CRI plugin.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -41,6 +44,14 @@ pub enum Error {
         status: std::process::ExitStatus,
         /// What it printed on stderr.
         stderr: String,
+    },
+    /// A compressed tarball could not be decompressed.
+    #[error("cannot decompress {tarball}: {message}")]
+    Decompress {
+        /// The tarball.
+        tarball: PathBuf,
+        /// What went wrong.
+        message: String,
     },
     /// The import succeeded but CRI does not report the image.
     #[error("{name} was imported from {tarball} but CRI ImageStatus does not report it")]

@@ -211,14 +211,9 @@ impl ImageBuilder {
         tar.into_inner()
     }
 
-    /// Writes the OCI image-layout tarball (`oci-layout`, `index.json`, `blobs/sha256/…`) to
-    /// `path`.
-    pub fn write(&self, path: &Path) -> Result<BuiltImage> {
-        let write_err = |e| Error::Write {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        let layer = self.layer().map_err(write_err)?;
+    /// The layer and the config blob, with their digests.
+    fn layer_and_config(&self) -> io::Result<(Vec<u8>, String, Vec<u8>, String)> {
+        let layer = self.layer()?;
         let layer_digest = digest(&layer);
         let (os, architecture) = platform();
         let mut config = json!({
@@ -236,6 +231,55 @@ impl ImageBuilder {
         }
         let config = to_bytes(&config);
         let config_digest = digest(&config);
+        Ok((layer, layer_digest, config, config_digest))
+    }
+
+    /// Writes the image as a docker-archive tarball, the format of `docker save`:
+    /// `manifest.json` (with the name in `RepoTags`), the config as `<hex>.json` and the layer
+    /// as `<hex>/layer.tar`. The returned manifest digest is empty (the archive has none).
+    pub fn write_docker_archive(&self, path: &Path) -> Result<BuiltImage> {
+        let write_err = |e| Error::Write {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let (layer, layer_digest, config, config_digest) =
+            self.layer_and_config().map_err(write_err)?;
+        let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+        let config_name = format!("{}.json", hex(&config_digest));
+        let layer_name = format!("{}/layer.tar", hex(&layer_digest));
+        let manifest = to_bytes(&json!([{
+            "Config": config_name,
+            "RepoTags": [self.name],
+            "Layers": [layer_name],
+        }]));
+        write_tar(
+            path,
+            &[
+                (config_name.as_str(), config.as_slice()),
+                (layer_name.as_str(), layer.as_slice()),
+                ("manifest.json", manifest.as_slice()),
+            ],
+        )
+        .map_err(write_err)?;
+        Ok(BuiltImage {
+            name: self.name.clone(),
+            path: path.to_path_buf(),
+            manifest_digest: String::new(),
+            config_digest,
+            layer_digest,
+        })
+    }
+
+    /// Writes the OCI image-layout tarball (`oci-layout`, `index.json`, `blobs/sha256/…`) to
+    /// `path`.
+    pub fn write(&self, path: &Path) -> Result<BuiltImage> {
+        let write_err = |e| Error::Write {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let (layer, layer_digest, config, config_digest) =
+            self.layer_and_config().map_err(write_err)?;
+        let (os, architecture) = platform();
         let manifest = to_bytes(&json!({
             "schemaVersion": 2,
             "mediaType": MEDIA_TYPE_MANIFEST,
@@ -255,31 +299,20 @@ impl ImageBuilder {
             "manifests": [manifest_desc],
         }));
 
-        let file = File::create(path).map_err(write_err)?;
-        let mut tar = tar::Builder::new(BufWriter::new(file));
-        let mut add = |name: &str, data: &[u8]| -> io::Result<()> {
-            let mut header = tar::Header::new_ustar();
-            header.set_mtime(0);
-            header.set_mode(0o644);
-            header.set_size(data.len() as u64);
-            tar.append_data(&mut header, name, data)
-        };
-        (|| -> io::Result<()> {
-            add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-            add("index.json", &index)?;
-            for (d, data) in [
-                (&layer_digest, &layer),
-                (&config_digest, &config),
-                (&manifest_digest, &manifest),
-            ] {
-                add(&blob_path(d), data)?;
-            }
-            Ok(())
-        })()
-        .map_err(write_err)?;
-        tar.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(write_err)?;
+        let blobs: Vec<(String, &Vec<u8>)> = [
+            (&layer_digest, &layer),
+            (&config_digest, &config),
+            (&manifest_digest, &manifest),
+        ]
+        .into_iter()
+        .map(|(d, data)| (blob_path(d), data))
+        .collect();
+        let mut files: Vec<(&str, &[u8])> = vec![
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", index.as_slice()),
+        ];
+        files.extend(blobs.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+        write_tar(path, &files).map_err(write_err)?;
         Ok(BuiltImage {
             name: self.name.clone(),
             path: path.to_path_buf(),
@@ -288,6 +321,20 @@ impl ImageBuilder {
             layer_digest,
         })
     }
+}
+
+/// Writes a tarball of these files (mode 0644, mtime 0, in this order) to `path`.
+fn write_tar(path: &Path, files: &[(&str, &[u8])]) -> io::Result<()> {
+    let file = File::create(path)?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    for (name, data) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_mtime(0);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        tar.append_data(&mut header, name, *data)?;
+    }
+    tar.into_inner()?.flush()
 }
 
 /// The agent's pause image: the host's static busybox, sleeping for ever as the sandbox's
