@@ -33,6 +33,7 @@ use crate::cni::PodNetwork;
 use crate::containerd::{ContainerdConfig, ManagedContainerd};
 use crate::cri::{CriRuntime, Runtime};
 use crate::images::ImageImporter;
+use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
 use crate::pod::{Allocatable, NodeContext, NodeResources, PodWorkers, WorkerOptions};
 use crate::report::{ApiReporter, FIELD_MANAGER};
@@ -277,9 +278,27 @@ pub async fn run(
         .map(ManagedContainerd::socket)
         .or_else(|| config.containerd_address.clone())
         .unwrap_or_default();
+    let build_dir = adir.join("images-build");
+    std::fs::create_dir_all(&build_dir).map_err(|source| AgentError::Io {
+        path: build_dir.clone(),
+        source,
+    })?;
     ImageImporter::new(&socket)
-        .ensure_pause_image(&runtime, &config.busybox, &adir.join("images-build"))
+        .ensure_pause_image(&runtime, &config.busybox, &build_dir)
         .await?;
+    // Images dropped into ADIR/images: those there now before any pod starts, later ones
+    // within seconds.
+    let mut images = ImagesDir::new(adir.join("images"), ImageImporter::new(&socket));
+    let mut outcomes = images.import_all_once().await;
+    confirm_served(&runtime, &mut outcomes, Duration::from_secs(10)).await;
+    log_imports(&outcomes);
+    let (image_tx, mut image_rx) = tokio::sync::mpsc::channel(16);
+    let image_watch = tokio::spawn(images.run(image_tx));
+    let image_log = tokio::spawn(async move {
+        while let Some(outcome) = image_rx.recv().await {
+            log_imports(std::slice::from_ref(&outcome));
+        }
+    });
 
     let node_ctx = NodeContext {
         capacity: NodeResources::of_host(),
@@ -392,7 +411,7 @@ pub async fn run(
         () = shutdown => info!("agent stopping; containers keep running"),
         () = dispatch => warn!("the cache's change feed ended"),
     }
-    for t in [heartbeat, keeper, reports, renewal] {
+    for t in [heartbeat, keeper, reports, renewal, image_watch, image_log] {
         t.abort();
     }
     drop(workers);
@@ -401,6 +420,19 @@ pub async fn run(
         managed.shutdown().await;
     }
     Ok(())
+}
+
+fn log_imports(outcomes: &[ImportOutcome]) {
+    for o in outcomes {
+        match &o.result {
+            Ok(names) => {
+                info!(file = %o.file.display(), ?names, ms = o.elapsed.as_millis() as u64, "image imported")
+            }
+            Err(err) => {
+                warn!(file = %o.file.display(), %err, "image file not imported; retried when it changes")
+            }
+        }
+    }
 }
 
 /// The pod CIDR of node `name` as the cache has it, waiting for the server to allocate one.
@@ -462,4 +494,54 @@ async fn heartbeat(
             }
         }
     }
+}
+
+/// `edgesite agent --cleanup`: removes everything the agent made on the host — its pods
+/// (sandboxes and containers, through its own containerd), the pod network (bridge, address
+/// files, masquerade rules), mounts under `adir`, and `adir` itself.
+pub async fn cleanup(adir: &std::path::Path) -> Result<(), AgentError> {
+    let io = |source| AgentError::Io {
+        path: adir.to_owned(),
+        source,
+    };
+    if !adir.exists() {
+        return Ok(());
+    }
+    let config = ContainerdConfig::new(adir);
+    if config.dir().exists() {
+        match ManagedContainerd::start(config).await {
+            Ok(managed) => {
+                let rt = managed.runtime().clone();
+                for sandbox in rt.list_pod_sandboxes(None).await.unwrap_or_default() {
+                    let _ = rt.stop_pod_sandbox(&sandbox.id).await;
+                    if let Err(err) = rt.remove_pod_sandbox(&sandbox.id).await {
+                        warn!(sandbox = %sandbox.id, %err, "cannot remove a sandbox");
+                    }
+                }
+                managed.shutdown().await;
+            }
+            Err(err) => {
+                warn!(%err, "cannot start containerd to remove the pods; removing files only")
+            }
+        }
+    }
+    crate::cni::cleanup(adir)?;
+    // Mounts under the directory (tmpfs volumes, containerd's snapshots and shm), deepest
+    // first.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let adir_abs = std::fs::canonicalize(adir).map_err(io)?;
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(&adir_abs))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            warn!(path = %p.display(), %err, "cannot unmount");
+        }
+    }
+    std::fs::remove_dir_all(&adir_abs).map_err(io)?;
+    Ok(())
 }

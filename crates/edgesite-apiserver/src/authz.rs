@@ -145,9 +145,12 @@ impl NodeAuthorizer {
     fn allows(node: &str, verb: &str, r: &ResourceAttributes) -> bool {
         let read = matches!(verb, "get" | "list" | "watch");
         let own = r.name.as_deref() == Some(node);
+        // A create names its object in the body, not the path: which name it may have is
+        // NodeRestriction admission's to check (the security issue), not the authorizer's.
+        let creates = verb == "create" && r.name.is_none();
         let sub = r.subresource.as_deref();
         match (r.api_group.as_str(), r.resource.as_str(), sub) {
-            ("", "nodes", None) => read || (matches!(verb, "create" | "update" | "patch") && own),
+            ("", "nodes", None) => read || creates || (matches!(verb, "update" | "patch") && own),
             ("", "nodes", Some("status")) => (read || matches!(verb, "update" | "patch")) && own,
             ("", "pods", None) => read || verb == "delete",
             ("", "pods", Some("status")) => read || matches!(verb, "update" | "patch"),
@@ -169,7 +172,8 @@ impl NodeAuthorizer {
             ("coordination.k8s.io", "leases", None) => {
                 r.namespace.as_deref() == Some("kube-node-lease")
                     && (matches!(verb, "list" | "watch")
-                        || (own && matches!(verb, "get" | "create" | "update" | "patch")))
+                        || creates
+                        || (own && matches!(verb, "get" | "update" | "patch")))
             }
             ("", "serviceaccounts", Some("token")) => verb == "create",
             _ => false,
@@ -280,7 +284,7 @@ mod tests {
                 Some("p"),
                 false,
             ),
-            ("create", ("", "nodes", None), None, Some("edge-1"), true),
+            ("create", ("", "nodes", None), None, None, true),
             (
                 "patch",
                 ("", "nodes", Some("status")),

@@ -27,6 +27,10 @@ enum Command {
     Version,
     /// Run the control plane: the Kubernetes API server over HTTPS.
     Server(ServerArgs),
+    /// Run an edge node: join the cluster with the node token, run pods on containerd.
+    Agent(AgentArgs),
+    /// Run a single-node site: the server and an agent in one process.
+    Up(UpArgs),
     /// Register hollow nodes for scale tests: simulated nodes that heartbeat their Leases and
     /// report the pods bound to them as Running and Ready, without running containers.
     Sim(SimArgs),
@@ -46,6 +50,45 @@ struct SimArgs {
     /// Seconds between two Lease renewals of a node.
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The node's name. Default: the hostname.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's address. Default: the address of the interface of the default route.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Use this containerd (its CRI socket) instead of the agent's own managed containerd.
+    #[arg(long)]
+    containerd_address: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The API server, https://HOST:PORT.
+    #[arg(long, required_unless_present = "cleanup")]
+    server: Option<String>,
+    /// The node token (the server's DATA_DIR/node-token); needed for the first join only.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The agent's directory: its certificate, cache, containerd, pods.
+    #[arg(long, env = "EDGESITE_AGENT_DIR")]
+    data_dir: PathBuf,
+    /// Remove everything the agent made on this host (containers, network, files) and exit.
+    #[arg(long)]
+    cleanup: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +133,13 @@ struct ServerArgs {
     /// `edgesite.io/autonomy-duration` annotation overrides it.
     #[arg(long, default_value = "forever")]
     node_autonomy: Autonomy,
+    /// The network nodes' pod CIDRs are allocated from, a /24 per node.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: edgesite_controllers::node_ipam::ClusterCidr,
+}
+
+fn parse_cidr(s: &str) -> Result<edgesite_controllers::node_ipam::ClusterCidr, String> {
+    s.parse()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -112,6 +162,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server(args) => runtime()?.block_on(server(args)),
+        Command::Agent(args) => runtime()?.block_on(agent(args)),
+        Command::Up(args) => runtime()?.block_on(up(args)),
         Command::Sim(args) => runtime()?.block_on(sim(args)),
     }
 }
@@ -142,6 +194,28 @@ async fn sim(args: SimArgs) -> anyhow::Result<()> {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let running = start_server(args).await?;
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// A started server and its controllers.
+struct RunningServer {
+    server: Server,
+    stop: tokio::sync::oneshot::Sender<()>,
+    controllers: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.controllers.await;
+        self.server.shutdown().await;
+    }
+}
+
+async fn start_server(args: ServerArgs) -> anyhow::Result<RunningServer> {
     // Stable per data directory, so a server restarted after a crash leads again at once.
     let data_dir = std::path::absolute(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
     let identity = leader::installation_identity(&data_dir.to_string_lossy());
@@ -194,6 +268,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         node_monitor_grace_period,
         node_autonomy,
         root_ca_pem: Some(server.ca_cert_pem().to_owned()),
+        cluster_cidr: Some(args.cluster_cidr),
         ..edgesite_controllers::Config::default()
     };
     tracing::info!(
@@ -223,10 +298,67 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             stopped,
         ))
     };
-    shutdown_signal().await;
-    let _ = stop.send(());
-    let _ = controllers.await;
-    server.shutdown().await;
+    Ok(RunningServer {
+        server,
+        stop,
+        controllers,
+    })
+}
+
+fn agent_config(
+    server: &str,
+    data_dir: PathBuf,
+    node: NodeArgs,
+) -> anyhow::Result<edgesite_agent::agent::AgentConfig> {
+    let node_name = match node.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("cannot read the hostname; pass --node-name")?
+            .to_string_lossy()
+            .to_lowercase(),
+    };
+    let node_ip = match node.node_ip {
+        Some(ip) => ip,
+        None => edgesite_agent::agent::default_route_ip()
+            .context("no default route to take the node's address from; pass --node-ip")?,
+    };
+    let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+    let mut config = edgesite_agent::agent::AgentConfig::new(server, &node_name, data_dir, node_ip);
+    config.containerd_address = node.containerd_address;
+    Ok(config)
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.cleanup {
+        edgesite_agent::agent::cleanup(&args.data_dir)
+            .await
+            .context("cleanup failed")?;
+        eprintln!(
+            "removed what the agent made under {}",
+            args.data_dir.display()
+        );
+        return Ok(());
+    }
+    let server = args.server.unwrap_or_default();
+    let mut config = agent_config(&server, args.data_dir, args.node)?;
+    config.token_file = args.token_file;
+    edgesite_agent::agent::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data_dir =
+        std::path::absolute(&args.server.data_dir).unwrap_or_else(|_| args.server.data_dir.clone());
+    let running = start_server(args.server).await?;
+    let port = running.server.local_addr().port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut config = agent_config(&url, data_dir.join("agent"), args.node)?;
+    config.token_file = Some(running.server.node_token_path().to_owned());
+    let result = edgesite_agent::agent::run(config, shutdown_signal()).await;
+    running.stop().await;
+    result?;
     Ok(())
 }
 

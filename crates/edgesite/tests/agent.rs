@@ -1,0 +1,258 @@
+//! System test of a real node: `edgesite up` (server and agent in one process) with its own
+//! managed containerd, the busybox image dropped into its images directory, a pod run with the
+//! real kubectl (ConfigMap env and volume), gracefully deleted, and `edgesite agent --cleanup`
+//! leaving nothing behind. Needs root, containerd, runc and the CNI plugins (`scripts/setup`);
+//! a missing prerequisite fails the test.
+#![allow(clippy::disallowed_methods)] // tests wait and measure in real time
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, ensure};
+
+mod support;
+use support::{Running, eventually, kubectl, kubectl_output, terminate};
+
+/// Kills the process and removes what the agent made, whatever the test's outcome.
+struct Site {
+    running: Option<Running>,
+    agent_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            let _ = r.kill();
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- edgesite up log (last lines) ---");
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        let _ = cleanup(&self.agent_dir);
+    }
+}
+
+fn cleanup(agent_dir: &Path) -> Result<std::process::Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_edgesite"))
+        .args(["agent", "--cleanup", "--data-dir"])
+        .arg(agent_dir)
+        .output()?)
+}
+
+fn prerequisites() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the agent test needs root (containerd mounts overlays, CNI makes a bridge)"
+    );
+    for (bin, package) in [
+        ("/usr/bin/containerd", "containerd"),
+        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+        ("/usr/bin/ctr", "containerd"),
+    ] {
+        ensure!(
+            Path::new(bin).exists(),
+            "{bin} is missing: install the Debian package `{package}` (run `scripts/setup`)"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn edgesite_up_runs_a_real_pod_and_cleanup_leaves_nothing() -> Result<()> {
+    prerequisites()?;
+    // Under /tmp: containerd's socket paths must stay short.
+    let dir = tempfile::Builder::new()
+        .prefix("es-up-")
+        .tempdir_in("/tmp")?;
+    let home = tempfile::tempdir()?;
+    let data = dir.path().join("d");
+    let agent_dir = data.join("agent");
+    let images = agent_dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    edgesite_testkit::busybox_image(&images, "edgesite.io/busybox:1");
+    let log = dir.path().join("up.log");
+    let kubeconfig = data.join("admin.kubeconfig");
+
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_edgesite"))
+        .args(["up", "--bind-address", "127.0.0.1", "--secure-port", "0"])
+        .args([
+            "--node-name",
+            "edge-up",
+            "--node-ip",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("cannot start edgesite up")?;
+    let mut site = Site {
+        running: Some(Running { child }),
+        agent_dir: agent_dir.clone(),
+        log: log.clone(),
+    };
+    let k = |args: &[&str]| kubectl(home.path(), &kubeconfig, args);
+    eventually(30, "the admin kubeconfig", || {
+        Ok((!kubeconfig.exists()).then(|| "none yet".to_owned()))
+    })?;
+    eventually(60, "node edge-up Ready", || {
+        let out = kubectl_output(
+            home.path(),
+            &kubeconfig,
+            &[
+                "get",
+                "node",
+                "edge-up",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        )?;
+        Ok((out.stdout.trim() != "True").then(|| format!("{} {}", out.stdout, out.stderr)))
+    })?;
+    println!(
+        "figure: edgesite up → node Ready in {:?}",
+        started.elapsed()
+    );
+    let node: serde_json::Value =
+        serde_json::from_str(&k(&["get", "node", "edge-up", "-o", "json"])?)?;
+    let cidr = node["spec"]["podCIDR"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cidr.starts_with("10.42."),
+        "allocated from the cluster CIDR: {cidr}"
+    );
+    assert!(
+        node["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("containerd://"),
+        "{node}"
+    );
+    let wide = k(&["get", "nodes", "-o", "wide"])?;
+    assert!(
+        wide.contains("edge-up") && wide.contains("127.0.0.1"),
+        "{wide}"
+    );
+
+    let manifest = dir.path().join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: greeting}
+data: {text: hello-from-configmap}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: app
+    image: edgesite.io/busybox:1
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /cfg/text > /shared/seen; echo $GREETING >> /shared/seen; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    env:
+    - name: GREETING
+      valueFrom: {configMapKeyRef: {name: greeting, key: text}}
+    volumeMounts:
+    - {name: cfg, mountPath: /cfg}
+    - {name: shared, mountPath: /shared}
+  volumes:
+  - {name: cfg, configMap: {name: greeting}}
+  - {name: shared, emptyDir: {}}
+"#,
+    )?;
+    let created = Instant::now();
+    k(&["apply", "-f", &manifest.to_string_lossy()])?;
+    k(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"])?;
+    println!(
+        "figure: pod create → Ready through kubectl {:?}",
+        created.elapsed()
+    );
+    let pod: serde_json::Value = serde_json::from_str(&k(&["get", "pod", "web", "-o", "json"])?)?;
+    let status = &pod["status"];
+    assert_eq!(status["phase"], "Running");
+    let ip = status["podIP"].as_str().unwrap_or_default();
+    let prefix = cidr.rsplit_once('.').map(|(p, _)| p).unwrap_or_default();
+    assert!(ip.starts_with(prefix), "pod IP {ip} from the node's {cidr}");
+    assert_eq!(status["hostIP"], "127.0.0.1");
+    let cs = &status["containerStatuses"][0];
+    assert!(
+        cs["containerID"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("containerd://"),
+        "{cs}"
+    );
+    assert_eq!(cs["ready"], true);
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The container saw the ConfigMap as a file and as env, written into its emptyDir.
+    let seen = agent_dir.join("pods").join(&uid).join("volumes");
+    let mut found = String::new();
+    eventually(20, "the container's output in its emptyDir", || {
+        found = find_file(&seen, "seen")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        Ok((!found.ends_with('\n')).then(|| found.clone()))
+    })?;
+    // The file's text (no newline of its own), then the env var's.
+    assert_eq!(found, "hello-from-configmaphello-from-configmap\n");
+    let events = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ])?;
+    assert!(events.contains("Started"), "{events}");
+
+    let deleting = Instant::now();
+    k(&["delete", "pod", "web", "--timeout=60s"])?;
+    println!(
+        "figure: graceful delete (SIGTERM trapped) {:?}",
+        deleting.elapsed()
+    );
+    let left = kubectl_output(home.path(), &kubeconfig, &["get", "pod", "web"])?;
+    assert!(left.stderr.contains("NotFound"), "{left:?}");
+
+    let running = site.running.take().context("still running")?;
+    terminate(running, &log)?;
+    let out = cleanup(&agent_dir)?;
+    ensure!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!agent_dir.exists(), "the agent's directory is gone");
+    let left = edgesite_testkit::containerd::leftovers_under(dir.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
