@@ -30,4 +30,6 @@ pub mod oci;
 #[cfg(feature = "runtime")]
 pub mod pod;
 #[cfg(feature = "runtime")]
+pub mod streams;
+#[cfg(feature = "runtime")]
 pub mod sync;

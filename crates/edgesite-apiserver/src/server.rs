@@ -221,6 +221,7 @@ impl Server {
             version: discovery::version_info(&config.git_commit, &config.build_date),
             authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
             authorizer: Arc::new(MastersAuthorizer),
+            tunnels: Arc::new(crate::tunnel::TunnelRegistry::new()),
             shutting_down: AtomicBool::new(false),
             shutdown: shutdown_rx.clone(),
         });
