@@ -40,6 +40,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 const BUSYBOX: &str = "edgesite.io/busybox:1";
 const NODE: &str = "streams-node";
 const POD: &str = "web";
+/// The venv `scripts/setup` creates, with the `kubernetes` client.
+const PYTHON: &str = "/opt/edgesite/pyenv/bin/python";
 
 fn pki_options() -> PkiOptions {
     PkiOptions {
@@ -389,6 +391,32 @@ async fn logs_exec_port_forward_and_cp_go_through_the_node_tunnel() -> Result<()
         );
     }
     pf.kill().await?;
+
+    // The Python client: WebSocket v4 exec (output, exit code, stdin) and port-forward.
+    let python = Path::new(PYTHON);
+    ensure!(
+        python.exists(),
+        "{PYTHON} is missing: run scripts/setup to create the venv with the kubernetes client"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/stream_check.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .arg(&script)
+            .arg(server.kubeconfig_path())
+            .arg(POD)
+            .arg(port.to_string())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    ensure!(
+        out.status.success(),
+        "the Python client's streams failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Errors: a node without a tunnel, a pod without a node, a container not in the pod.
     let (code, _, err) = kubectl.run(&["logs", "ghost"], None).await?;
