@@ -190,8 +190,12 @@ async fn logs_exec_port_forward_and_cp_go_through_the_node_tunnel() -> Result<()
     // The pod in the API, bound to the node and Running (kubectl port-forward insists).
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
-        "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": BUSYBOX}]}
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": POD,
+            "annotations": {"kubectl.kubernetes.io/default-container": "main"}},
+        "spec": {"nodeName": NODE, "containers": [
+            {"name": "main", "image": BUSYBOX},
+            {"name": "echoer", "image": BUSYBOX, "stdin": true}]}
     }))?;
     let created = pods.create(&PostParams::default(), &pod).await?;
     let uid = created.metadata.uid.clone().context("uid")?;
@@ -227,7 +231,25 @@ async fn logs_exec_port_forward_and_cp_go_through_the_node_tunnel() -> Result<()
     ]
     .into_iter()
     .collect();
-    let container_id = start_container(&runtime, &sandbox_id, sandbox, config).await?;
+    let container_id = start_container(&runtime, &sandbox_id, sandbox.clone(), config).await?;
+    // A second container reading its stdin, for attach.
+    let mut config = container(
+        "echoer",
+        BUSYBOX,
+        &["/bin/busybox"],
+        &["sh", "-c", "while read l; do echo got:$l; done"],
+        "echoer/0.log",
+    );
+    config.stdin = true;
+    config.labels = [
+        (LABEL_POD_NAME.to_owned(), POD.to_owned()),
+        (LABEL_POD_NAMESPACE.to_owned(), "default".to_owned()),
+        (LABEL_POD_UID.to_owned(), uid.clone()),
+        (LABEL_CONTAINER_NAME.to_owned(), "echoer".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    start_container(&runtime, &sandbox_id, sandbox, config).await?;
 
     // A pod on a node with no tunnel, and one not scheduled yet.
     for (name, node) in [("ghost", Some("ghost-node")), ("pending", None)] {
@@ -361,6 +383,40 @@ async fn logs_exec_port_forward_and_cp_go_through_the_node_tunnel() -> Result<()
         .await?;
     assert_eq!(std::fs::read_to_string(&local)?, "payload-42\n");
 
+    // attach: stdin reaches the container's process, its output comes back.
+    let mut attach = kubectl.command(&["attach", "-i", POD, "-c", "echoer"]);
+    attach
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut attach = attach.spawn()?;
+    let mut attach_in = attach.stdin.take().context("stdin")?;
+    let mut attach_out = attach.stdout.take().context("stdout")?;
+    let mut attached = Vec::new();
+    // The session needs a moment to be set up before input is read; resend until echoed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        attach_in.write_all(b"ping\n").await?;
+        attach_in.flush().await?;
+        let n =
+            tokio::time::timeout(Duration::from_secs(1), attach_out.read_buf(&mut attached)).await;
+        if String::from_utf8_lossy(&attached).contains("got:ping") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline && !matches!(n, Ok(Ok(0))),
+            "attach: {:?}",
+            String::from_utf8_lossy(&attached)
+        );
+    }
+    attach.kill().await?;
+    assert_eq!(
+        kubectl
+            .ok(&["logs", POD, "-c", "echoer", "--tail=1"])
+            .await?,
+        "got:ping\n"
+    );
+
     // port-forward to httpd, twice on one forward (sequential connections).
     let local_port = port + 1;
     let mut pf = kubectl.command(&[
@@ -450,10 +506,18 @@ async fn logs_exec_port_forward_and_cp_go_through_the_node_tunnel() -> Result<()
         assert_eq!(r.exit_code, 0);
         direct.push(started.elapsed());
     }
+    // What kubectl itself costs: start, load the kubeconfig, one TLS request.
+    let mut bare = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        kubectl.ok(&["get", "--raw", "/healthz"]).await?;
+        bare.push(started.elapsed());
+    }
     eprintln!(
-        "FIGURE exec round trip p50: kubectl exec -- true through the tunnel {:.1} ms; CRI ExecSync direct {:.1} ms",
+        "FIGURE exec round trip p50: kubectl exec -- true through the tunnel {:.1} ms; CRI ExecSync direct {:.1} ms; kubectl get --raw /healthz {:.1} ms",
         p50(through).as_secs_f64() * 1e3,
-        p50(direct).as_secs_f64() * 1e3
+        p50(direct).as_secs_f64() * 1e3,
+        p50(bare).as_secs_f64() * 1e3
     );
     // Logs throughput: ~20 MB of log lines, read through the tunnel and from the file.
     kubectl
@@ -480,6 +544,29 @@ async fn logs_exec_port_forward_and_cp_go_through_the_node_tunnel() -> Result<()
         tunnel_elapsed.as_secs_f64() * 1e3,
         raw.len() as f64 / 1e6 / direct_elapsed.as_secs_f64()
     );
+
+    // The server restarts (same data directory and port): the agent dials again and the
+    // streams work as before.
+    let port_used = server.local_addr().port();
+    server.shutdown().await;
+    let mut config = ServerConfig::new(dir.path());
+    config.bind_address = "127.0.0.1".parse()?;
+    config.secure_port = port_used;
+    config.pki = pki_options();
+    let server = Server::start(config).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = kubectl.run(&["logs", POD, "--tail=1"], None).await?;
+        if code == 0 {
+            assert!(out.ends_with('\n'), "{out:?}");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no tunnel after the server restarted: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let _ = stop_tx.send(());
     agent.await?;

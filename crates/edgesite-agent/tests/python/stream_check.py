@@ -16,12 +16,12 @@ def main():
     config.load_kube_config(kubeconfig)
     api = client.CoreV1Api()
 
-    out = stream(api.connect_get_namespaced_pod_exec, pod, "default",
+    out = stream(api.connect_get_namespaced_pod_exec, pod, "default", container="main",
                  command=["sh", "-c", "echo py-out"],
                  stderr=True, stdin=False, stdout=True, tty=False)
     assert out == "py-out\n", repr(out)
 
-    resp = stream(api.connect_get_namespaced_pod_exec, pod, "default",
+    resp = stream(api.connect_get_namespaced_pod_exec, pod, "default", container="main",
                   command=["sh", "-c", "echo to-err >&2; exit 3"],
                   stderr=True, stdin=False, stdout=True, tty=False,
                   _preload_content=False)
@@ -30,7 +30,7 @@ def main():
     assert resp.returncode == 3, resp.returncode
     assert err == "to-err\n", repr(err)
 
-    resp = stream(api.connect_get_namespaced_pod_exec, pod, "default",
+    resp = stream(api.connect_get_namespaced_pod_exec, pod, "default", container="main",
                   command=["sh", "-c", "read line; echo got:$line"],
                   stderr=True, stdin=True, stdout=True, tty=False,
                   _preload_content=False)
