@@ -147,3 +147,95 @@ impl TunnelRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// An agent end on `io` answering every request with `answer`.
+    fn agent(io: tokio::io::DuplexStream, answer: &'static str) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| async move {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(answer))))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), service)
+                .await;
+        })
+    }
+
+    async fn ask(reg: &TunnelRegistry) -> Result<String, TunnelError> {
+        let req = hyper::Request::builder()
+            .uri("/containerLogs/ns/p/c")
+            .body(Body::empty())
+            .unwrap();
+        let resp = reg.send("n1", req).await?;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        for _ in 0..500 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} did not happen in 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_replaces_the_tunnel_and_only_its_own_close_removes_it() {
+        let reg = Arc::new(TunnelRegistry::new());
+        let (_down, shutdown) = tokio::sync::watch::channel(false);
+        assert!(matches!(ask(&reg).await, Err(TunnelError::NotConnected(_))));
+
+        let (server_io, agent_io) = tokio::io::duplex(64 * 1024);
+        let first = agent(agent_io, "first");
+        let r = reg.clone();
+        let first_tunnel = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                r.serve("n1".into(), TokioIo::new(server_io), shutdown)
+                    .await
+            }
+        });
+        eventually("the first tunnel", async || {
+            ask(&reg).await.ok().as_deref() == Some("first")
+        })
+        .await;
+        assert_eq!(reg.nodes(), ["n1"]);
+
+        let (server_io, agent_io) = tokio::io::duplex(64 * 1024);
+        let second = agent(agent_io, "second");
+        let r = reg.clone();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                r.serve("n1".into(), TokioIo::new(server_io), shutdown)
+                    .await
+            }
+        });
+        eventually("the replacement", async || {
+            ask(&reg).await.ok().as_deref() == Some("second")
+        })
+        .await;
+
+        // The old connection closing leaves the new one in place.
+        first.abort();
+        first_tunnel.await.unwrap();
+        assert_eq!(ask(&reg).await.unwrap(), "second");
+
+        second.abort();
+        eventually("the removal", async || !reg.is_connected("n1")).await;
+        assert!(matches!(ask(&reg).await, Err(TunnelError::NotConnected(n)) if n == "n1"));
+        assert!(reg.nodes().is_empty());
+    }
+}
