@@ -6,10 +6,12 @@
 //! Logs are read from the CRI log files here ([`logs`]). Exec, attach and port-forward ask
 //! the runtime for a session URL (CRI `Exec`/`Attach`/`PortForward`) and pass the client's
 //! upgraded connection (WebSocket or SPDY) through byte for byte to the runtime's loopback
-//! streaming server, as kubelet's streaming proxy does.
+//! streaming server, as kubelet's streaming proxy does — except kubectl's WebSocket v5, which
+//! that server lacks: [`v5`] ends it here and speaks SPDY to the runtime.
 
 pub mod logs;
 pub mod tunnel;
+pub mod v5;
 
 use std::sync::Arc;
 
@@ -150,6 +152,19 @@ async fn route(
                 })
                 .await
                 .map_err(Refusal::runtime)?;
+            if v5::wants_v5(&req) {
+                return v5::bridge(
+                    req,
+                    &url,
+                    v5::Streams {
+                        stdin,
+                        stdout,
+                        stderr,
+                        tty,
+                    },
+                )
+                .await;
+            }
             proxy_upgrade(req, &url).await
         }
         ["attach", ns, pod, container] => {
@@ -166,6 +181,19 @@ async fn route(
                 })
                 .await
                 .map_err(Refusal::runtime)?;
+            if v5::wants_v5(&req) {
+                return v5::bridge(
+                    req,
+                    &url,
+                    v5::Streams {
+                        stdin,
+                        stdout,
+                        stderr,
+                        tty,
+                    },
+                )
+                .await;
+            }
             proxy_upgrade(req, &url).await
         }
         ["portForward", ns, pod] => {

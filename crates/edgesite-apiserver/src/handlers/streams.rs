@@ -2,9 +2,10 @@
 //! they travel over. The server resolves the pod's node and passes the request through that
 //! node's tunnel to its agent as kubelet's paths (`/containerLogs/…`, `/exec/…`, `/attach/…`,
 //! `/portForward/…`). Upgrades (WebSocket, SPDY) are passed through byte for byte to the
-//! runtime's streaming server behind the agent, as kubelet's streaming proxy does; a WebSocket
-//! protocol that server lacks (kubectl's `v5.channel.k8s.io`, port-forward's SPDY-in-WebSocket)
-//! is refused with `400` before any upgrade, which makes kubectl fall back to SPDY.
+//! runtime's streaming server behind the agent, as kubelet's streaming proxy does; kubectl's
+//! WebSocket `v5.channel.k8s.io`, which that server lacks, the agent bridges to SPDY itself.
+//! Port-forward's SPDY-in-WebSocket is refused with `400` before any upgrade, which makes
+//! kubectl fall back to plain SPDY.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -329,8 +330,9 @@ fn pass_response(resp: hyper::Response<hyper::body::Incoming>) -> Response {
 }
 
 /// The runtime's streaming server (containerd's, built on kubelet's) speaks WebSocket
-/// `channel.k8s.io` up to `v4`, and plain SPDY; a client offering only newer protocols is
-/// refused before the upgrade, which makes kubectl retry with SPDY.
+/// `channel.k8s.io` up to `v4`, and plain SPDY; the agent adds `v5` for exec and attach. A
+/// client offering only other protocols (port-forward's SPDY-in-WebSocket) is refused before
+/// the upgrade, which makes kubectl retry with SPDY.
 fn refuse_unsupported_websocket(headers: &HeaderMap, sub: Subresource) -> Result<(), ApiError> {
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -347,6 +349,8 @@ fn refuse_unsupported_websocket(headers: &HeaderMap, sub: Subresource) -> Result
                 | "v4.channel.k8s.io"
                 | "v4.base64.channel.k8s.io"
         ) || (sub == Subresource::PortForward && p == "portforward.k8s.io")
+            // The agent ends v5 itself and speaks SPDY to the runtime.
+            || (sub != Subresource::PortForward && p == "v5.channel.k8s.io")
     };
     if offered.is_empty() || offered.iter().any(|p| supported(p)) {
         return Ok(());
@@ -458,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn websocket_protocols_the_runtime_lacks_are_refused_before_the_upgrade() {
+    fn websocket_protocols_nobody_bridges_are_refused_before_the_upgrade() {
         let with = |p: &str| {
             let mut h = HeaderMap::new();
             h.insert(
@@ -467,9 +471,14 @@ mod tests {
             );
             h
         };
-        // kubectl 1.32 offers only v5: refused, so it falls back to SPDY.
+        // kubectl 1.32 offers only v5: the agent bridges it for exec and attach, not for
+        // port-forward (whose WebSocket kubectl offers as SPDY-in-WebSocket).
         assert!(
-            refuse_unsupported_websocket(&with("v5.channel.k8s.io"), Subresource::Exec).is_err()
+            refuse_unsupported_websocket(&with("v5.channel.k8s.io"), Subresource::Exec).is_ok()
+        );
+        assert!(
+            refuse_unsupported_websocket(&with("v5.channel.k8s.io"), Subresource::PortForward)
+                .is_err()
         );
         assert!(
             refuse_unsupported_websocket(
