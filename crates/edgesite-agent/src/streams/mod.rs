@@ -6,8 +6,8 @@
 //! Logs are read from the CRI log files here ([`logs`]). Exec, attach and port-forward ask
 //! the runtime for a session URL (CRI `Exec`/`Attach`/`PortForward`) and pass the client's
 //! upgraded connection (WebSocket or SPDY) through byte for byte to the runtime's loopback
-//! streaming server, as kubelet's streaming proxy does — except kubectl's WebSocket v5, which
-//! that server lacks: [`v5`] ends it here and speaks SPDY to the runtime.
+//! streaming server, as kubelet's streaming proxy does — except kubectl's WebSocket v5 and
+//! SPDY-in-WebSocket, which that server lacks: [`v5`] ends those here and speaks SPDY to it.
 
 pub mod logs;
 pub mod tunnel;
@@ -219,6 +219,9 @@ async fn route(
                 })
                 .await
                 .map_err(Refusal::runtime)?;
+            if v5::wants_spdy_in_websocket(&req) {
+                return v5::tunnel_port_forward(req, &url).await;
+            }
             proxy_upgrade(req, &url).await
         }
         _ => Err(Refusal::not_found(format!("no stream endpoint at {path}"))),

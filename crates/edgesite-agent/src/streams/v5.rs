@@ -1,6 +1,8 @@
-//! kubectl's WebSocket `v5.channel.k8s.io` exec/attach, which containerd 1.6's streaming
-//! server lacks (it has WebSocket up to v4, which cannot close stdin, and SPDY). The agent
-//! ends the WebSocket here and speaks SPDY/3.1 `v4.channel.k8s.io` to the runtime, as the
+//! The WebSocket protocols kubectl 1.32 uses and containerd 1.6's streaming server lacks.
+//! Port-forward's `SPDY/3.1+portforward.k8s.io` is SPDY in WebSocket messages: unwrapped here
+//! and passed to the runtime's SPDY port-forward ([`tunnel_port_forward`]). Exec and attach's
+//! `v5.channel.k8s.io` ([`bridge`]): the runtime has WebSocket only up to v4, which cannot
+//! close stdin, so the agent ends the WebSocket here and speaks SPDY/3.1 `v4.channel.k8s.io` to the runtime, as the
 //! upstream API server's stream translator does: channel 0/1/2/3/4 ↔ the stdin, stdout,
 //! stderr, error and resize streams; v5's close of channel 0 → stdin's FIN.
 //!
@@ -28,19 +30,7 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Whether the client asked for WebSocket v5 (kubectl 1.30+ offers only that).
 pub fn wants_v5(req: &Request<Incoming>) -> bool {
-    let websocket = req
-        .headers()
-        .get(UPGRADE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    websocket
-        && req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim() == V5)
+    offers(req, V5)
 }
 
 /// Which streams the session has.
@@ -56,23 +46,33 @@ pub struct Streams {
     pub tty: bool,
 }
 
-/// Ends the client's WebSocket v5 here and bridges it to the runtime's SPDY session at `url`.
-pub async fn bridge(
-    req: Request<Incoming>,
-    url: &str,
-    streams: Streams,
-) -> Result<Response<StreamBodyOf>, Refusal> {
-    let failed = |message: String| Refusal {
+fn failed(message: String) -> Refusal {
+    Refusal {
         code: StatusCode::BAD_GATEWAY,
         reason: "InternalError",
         message,
-    };
-    let key = req
-        .headers()
+    }
+}
+
+fn websocket_key(req: &Request<Incoming>) -> Result<String, Refusal> {
+    req.headers()
         .get("sec-websocket-key")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Refusal::bad_request("a WebSocket upgrade needs Sec-WebSocket-Key"))?
-        .to_owned();
+        .map(str::to_owned)
+        .ok_or_else(|| Refusal::bad_request("a WebSocket upgrade needs Sec-WebSocket-Key"))
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455).
+fn accept_for(key: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{WS_GUID}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// Opens a SPDY/3.1 session speaking `protocol` with the runtime's streaming server at `url`.
+async fn spdy_session(url: &str, protocol: &str) -> Result<hyper::upgrade::Upgraded, Refusal> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| failed(format!("unexpected streaming URL {url:?}")))?;
@@ -94,7 +94,7 @@ pub async fn bridge(
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, "SPDY/3.1")
-        .header("x-stream-protocol-version", "v4.channel.k8s.io")
+        .header("x-stream-protocol-version", protocol)
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| failed(e.to_string()))?;
     let mut resp = sender
@@ -107,28 +107,118 @@ pub async fn bridge(
             resp.status()
         )));
     }
-    let upgraded = hyper::upgrade::on(&mut resp)
+    hyper::upgrade::on(&mut resp)
         .await
-        .map_err(|e| failed(format!("streaming server upgrade: {e}")))?;
+        .map_err(|e| failed(format!("streaming server upgrade: {e}")))
+}
 
-    let accept = {
-        let digest = ring::digest::digest(
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            format!("{key}{WS_GUID}").as_bytes(),
-        );
-        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-    };
-    let (to_client, body) = channel_body();
-    let from_client = req.into_body();
-    tokio::spawn(run(TokioIo::new(upgraded), from_client, to_client, streams));
+/// The tunnel's answer to a WebSocket upgrade this module ends: `101` with `protocol`.
+fn switched(
+    key: &str,
+    protocol: &str,
+    body: StreamBodyOf,
+) -> Result<Response<StreamBodyOf>, Refusal> {
     Response::builder()
         .status(StatusCode::OK)
         .header(STATUS_HEADER, "101")
         .header(UPGRADE_HEADER, "websocket")
-        .header("sec-websocket-accept", accept)
-        .header("sec-websocket-protocol", V5)
+        .header("sec-websocket-accept", accept_for(key))
+        .header("sec-websocket-protocol", protocol)
         .body(body)
         .map_err(|e| failed(e.to_string()))
+}
+
+/// Ends the client's WebSocket v5 here and bridges it to the runtime's SPDY session at `url`.
+pub async fn bridge(
+    req: Request<Incoming>,
+    url: &str,
+    streams: Streams,
+) -> Result<Response<StreamBodyOf>, Refusal> {
+    let key = websocket_key(&req)?;
+    let upgraded = spdy_session(url, "v4.channel.k8s.io").await?;
+    let (to_client, body) = channel_body();
+    let from_client = req.into_body();
+    tokio::spawn(run(TokioIo::new(upgraded), from_client, to_client, streams));
+    switched(&key, V5, body)
+}
+
+/// kubectl's port-forward over WebSocket: each binary message is a slice of a SPDY
+/// `portforward.k8s.io` session, which the runtime speaks natively.
+pub const SPDY_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// Whether the client offers SPDY-in-WebSocket port-forward.
+pub fn wants_spdy_in_websocket(req: &Request<Incoming>) -> bool {
+    offers(req, SPDY_PORTFORWARD)
+}
+
+fn offers(req: &Request<Incoming>, protocol: &str) -> bool {
+    let websocket = req
+        .headers()
+        .get(UPGRADE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    websocket
+        && req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == protocol)
+}
+
+/// Unwraps the client's WebSocket messages into the runtime's SPDY port-forward session, and
+/// wraps the runtime's bytes into binary messages.
+pub async fn tunnel_port_forward(
+    req: Request<Incoming>,
+    url: &str,
+) -> Result<Response<StreamBodyOf>, Refusal> {
+    use http_body_util::BodyExt as _;
+    let key = websocket_key(&req)?;
+    let upgraded = spdy_session(url, "portforward.k8s.io").await?;
+    let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+    let (mut to_client, body) = channel_body();
+    let mut pong = to_client.clone();
+    let mut from_client = req.into_body();
+    let up = tokio::spawn(async move {
+        let mut ws = WsReader::default();
+        while let Some(Ok(frame)) = from_client.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            ws.push(&data);
+            while let Some(msg) = ws.next_message() {
+                match msg {
+                    WsMessage::Data(bytes) => {
+                        if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    WsMessage::Ping(p) => {
+                        let _ = pong.send(ws_frame(0xA, &p)).await;
+                    }
+                    WsMessage::Close => return,
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut chunk = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_client.send(ws_frame(0x2, &chunk[..n])).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_client.send(ws_frame(0x8, &1000u16.to_be_bytes())).await;
+        up.abort();
+    });
+    switched(&key, SPDY_PORTFORWARD, body)
 }
 
 // Channels of the k8s channel protocol.

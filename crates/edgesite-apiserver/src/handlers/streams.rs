@@ -3,9 +3,9 @@
 //! node's tunnel to its agent as kubelet's paths (`/containerLogs/…`, `/exec/…`, `/attach/…`,
 //! `/portForward/…`). Upgrades (WebSocket, SPDY) are passed through byte for byte to the
 //! runtime's streaming server behind the agent, as kubelet's streaming proxy does; kubectl's
-//! WebSocket `v5.channel.k8s.io`, which that server lacks, the agent bridges to SPDY itself.
-//! Port-forward's SPDY-in-WebSocket is refused with `400` before any upgrade, which makes
-//! kubectl fall back to plain SPDY.
+//! WebSocket `v5.channel.k8s.io` and port-forward's SPDY-in-WebSocket, which that server
+//! lacks, the agent bridges to SPDY itself. Any other WebSocket protocol is refused with `400`
+//! before the upgrade, which makes kubectl fall back to plain SPDY.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -330,9 +330,9 @@ fn pass_response(resp: hyper::Response<hyper::body::Incoming>) -> Response {
 }
 
 /// The runtime's streaming server (containerd's, built on kubelet's) speaks WebSocket
-/// `channel.k8s.io` up to `v4`, and plain SPDY; the agent adds `v5` for exec and attach. A
-/// client offering only other protocols (port-forward's SPDY-in-WebSocket) is refused before
-/// the upgrade, which makes kubectl retry with SPDY.
+/// `channel.k8s.io` up to `v4`, and plain SPDY; the agent adds `v5` for exec and attach and
+/// SPDY-in-WebSocket for port-forward. A client offering only other protocols is refused
+/// before the upgrade, which makes kubectl retry with SPDY.
 fn refuse_unsupported_websocket(headers: &HeaderMap, sub: Subresource) -> Result<(), ApiError> {
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -349,8 +349,9 @@ fn refuse_unsupported_websocket(headers: &HeaderMap, sub: Subresource) -> Result
                 | "v4.channel.k8s.io"
                 | "v4.base64.channel.k8s.io"
         ) || (sub == Subresource::PortForward && p == "portforward.k8s.io")
-            // The agent ends v5 itself and speaks SPDY to the runtime.
+            // The agent ends these itself and speaks SPDY to the runtime.
             || (sub != Subresource::PortForward && p == "v5.channel.k8s.io")
+            || (sub == Subresource::PortForward && p == "SPDY/3.1+portforward.k8s.io")
     };
     if offered.is_empty() || offered.iter().any(|p| supported(p)) {
         return Ok(());
@@ -485,7 +486,11 @@ mod tests {
                 &with("SPDY/3.1+portforward.k8s.io"),
                 Subresource::PortForward
             )
-            .is_err()
+            .is_ok()
+        );
+        assert!(
+            refuse_unsupported_websocket(&with("SPDY/3.1+portforward.k8s.io"), Subresource::Exec)
+                .is_err()
         );
         // The Python client offers v4 (and v5): passed through.
         assert!(
