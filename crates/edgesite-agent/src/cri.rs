@@ -382,6 +382,39 @@ impl Runtime for CriRuntime {
     }
 }
 
+/// The CRI streaming calls behind `kubectl exec`, `attach` and `port-forward`: each returns the
+/// URL of the runtime's own streaming server (loopback) for one session; [`exec_sync`] runs a
+/// command to completion (probes, and the direct baseline of the stream figures).
+///
+/// [`exec_sync`]: StreamingRuntime::exec_sync
+#[async_trait::async_trait]
+pub trait StreamingRuntime: Runtime {
+    /// `Exec`: the streaming URL of a command in a container.
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String>;
+    /// `Attach`: the streaming URL of a container's console.
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String>;
+    /// `PortForward`: the streaming URL for connections to a sandbox's ports.
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String>;
+}
+
+#[async_trait::async_trait]
+impl StreamingRuntime for CriRuntime {
+    async fn exec(&self, req: cri::ExecRequest) -> Result<String> {
+        let resp = self.runtime.clone().exec(req).await;
+        Ok(resp.map_err(self.failed("Exec"))?.into_inner().url)
+    }
+
+    async fn attach(&self, req: cri::AttachRequest) -> Result<String> {
+        let resp = self.runtime.clone().attach(req).await;
+        Ok(resp.map_err(self.failed("Attach"))?.into_inner().url)
+    }
+
+    async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String> {
+        let resp = self.runtime.clone().port_forward(req).await;
+        Ok(resp.map_err(self.failed("PortForward"))?.into_inner().url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,4 +40,6 @@ pub mod pod;
 #[cfg(feature = "runtime")]
 pub mod report;
 #[cfg(feature = "runtime")]
+pub mod streams;
+#[cfg(feature = "runtime")]
 pub mod sync;

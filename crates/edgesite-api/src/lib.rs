@@ -20,4 +20,5 @@ pub mod selector;
 pub mod status;
 pub mod table;
 pub mod time;
+pub mod tunnel;
 pub mod validation;

@@ -106,6 +106,15 @@ impl Authorizer for MastersAuthorizer {
         if attrs.identity.in_group(AUTHENTICATED_GROUP) && is_self_review(attrs) {
             return Decision::Allow;
         }
+        // A node opens its own tunnel; which node it is comes from its identity.
+        if attrs.verb == "get"
+            && attrs.path == edgesite_api::tunnel::TUNNEL_PATH
+            && attrs
+                .identity
+                .in_group(crate::handlers::streams::NODES_GROUP)
+        {
+            return Decision::Allow;
+        }
         if attrs.verb == "get"
             && attrs.identity.in_group(AUTHENTICATED_GROUP)
             && is_openapi_path(attrs.path)

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod storage;
+pub mod tunnel;
 
 pub use kubeconfig::{Kubeconfig, KubeconfigError, write_admin_kubeconfig};
 pub use pki::{ClusterPki, IssuedCert, PkiError, PkiOptions, client_identity};

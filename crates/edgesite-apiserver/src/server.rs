@@ -236,6 +236,7 @@ impl Server {
                 Box::new(MastersAuthorizer),
                 Box::new(NodeAuthorizer),
             ])),
+            tunnels: Arc::new(crate::tunnel::TunnelRegistry::new()),
             shutting_down: AtomicBool::new(false),
             shutdown: shutdown_rx.clone(),
         });

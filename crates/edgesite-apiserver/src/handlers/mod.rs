@@ -11,6 +11,7 @@ mod pods;
 pub mod resources;
 mod reviews;
 mod scale;
+pub mod streams;
 pub mod target;
 mod watch;
 
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub authenticator: Arc<dyn Authenticator>,
     /// Authorizes each request.
     pub authorizer: Arc<dyn Authorizer>,
+    /// The nodes' tunnels, which the pod streams (logs, exec, port-forward) go through.
+    pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
     /// Set when shutdown begins; `/readyz` then fails so load balancers stop sending traffic.
     pub shutting_down: AtomicBool,
     /// Turns true when shutdown begins: open watches end then (clients re-watch elsewhere or
@@ -96,6 +99,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/apis/{group}/{version}/",
             get_only(discovery::group_version),
+        )
+        .route(
+            edgesite_api::tunnel::TUNNEL_PATH,
+            get(streams::tunnel).fallback(method_not_allowed),
         )
         .fallback(resource_or_not_found)
         .layer(middleware::from_fn_with_state(
@@ -212,6 +219,12 @@ async fn authenticate_and_authorize(
 
 async fn resource_or_not_found(State(state): State<Arc<ApiState>>, req: Request) -> Response {
     match req.extensions().get::<target::Target>().cloned() {
+        Some(t)
+            if t.subresource
+                .is_some_and(|s| streams::is_pod_stream(t.resource, s)) =>
+        {
+            streams::handle(state, t, req).await
+        }
         Some(t) => resources::handle(state, t, req).await,
         None => not_found().await,
     }

@@ -85,6 +85,14 @@ pub enum Subresource {
     Binding,
     /// `eviction`: a pod delete that disruption budgets may refuse.
     Eviction,
+    /// `log`: a pod's container log, through the node's tunnel.
+    Log,
+    /// `exec`: a command in a pod's container, through the node's tunnel.
+    Exec,
+    /// `attach`: a pod's container's console, through the node's tunnel.
+    Attach,
+    /// `portforward`: connections to a pod's ports, through the node's tunnel.
+    PortForward,
 }
 
 impl Subresource {
@@ -96,6 +104,10 @@ impl Subresource {
             "finalize" => Self::Finalize,
             "binding" => Self::Binding,
             "eviction" => Self::Eviction,
+            "log" => Self::Log,
+            "exec" => Self::Exec,
+            "attach" => Self::Attach,
+            "portforward" => Self::PortForward,
             _ => return None,
         })
     }
@@ -108,6 +120,10 @@ impl Subresource {
             Self::Finalize => "finalize",
             Self::Binding => "binding",
             Self::Eviction => "eviction",
+            Self::Log => "log",
+            Self::Exec => "exec",
+            Self::Attach => "attach",
+            Self::PortForward => "portforward",
         }
     }
 }
