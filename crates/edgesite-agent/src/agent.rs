@@ -406,12 +406,38 @@ pub async fn run(
             }
         }
     };
+    // Logs, exec, attach and port-forward reach the node through a tunnel it opens itself.
+    let tunnel = {
+        let identity = identity.clone();
+        let tls: crate::streams::tunnel::TlsConfigSource = Arc::new(move || identity.tls_config());
+        let ctx = Arc::new(crate::streams::StreamContext {
+            runtime: Arc::new(runtime.clone()),
+            clock: clock.clone(),
+        });
+        let config = crate::streams::tunnel::TunnelConfig {
+            server_url: config.server.clone(),
+            tls,
+        };
+        tokio::spawn(crate::streams::tunnel::run(
+            config,
+            ctx,
+            std::future::pending(),
+        ))
+    };
     info!(node = %config.node_name, server = %config.server, "agent running");
     tokio::select! {
         () = shutdown => info!("agent stopping; containers keep running"),
         () = dispatch => warn!("the cache's change feed ended"),
     }
-    for t in [heartbeat, keeper, reports, renewal, image_watch, image_log] {
+    for t in [
+        heartbeat,
+        keeper,
+        reports,
+        renewal,
+        image_watch,
+        image_log,
+        tunnel,
+    ] {
         t.abort();
     }
     drop(workers);

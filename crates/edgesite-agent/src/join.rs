@@ -652,6 +652,12 @@ impl Identity {
         }
     }
 
+    /// The TLS configuration of connections to the server: the cluster CA as the only root,
+    /// the node certificate as the client certificate (following renewals).
+    pub fn tls_config(&self) -> Arc<ClientConfig> {
+        self.tls.clone()
+    }
+
     /// A kube client for the server, authenticated by the node certificate, with `default` as
     /// its default namespace. It follows renewals: requests after a renewal go out on new
     /// connections with the new certificate. Must be called inside a tokio runtime.
