@@ -375,10 +375,24 @@ impl Server {
         // The embedded store joins its writer thread on drop: do that off the async threads.
         // The router (kept for in-process clients) holds the state too.
         let (state, app) = (self.state, self.app);
+        let released = Arc::downgrade(&state);
         let _ = tokio::task::spawn_blocking(move || drop((app, state))).await;
+        // A task still finishing a request may hold the state a moment longer; the caller
+        // expects the store closed (and its file free) once this returns.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_RELEASE_TIMEOUT;
+        while released.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                warn!("the server state is still held after shutdown; the store closes later");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         info!("shut down");
     }
 }
+
+/// How long `shutdown` waits for tasks still holding the state (and so the store) to end.
+const SHUTDOWN_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the Service allocations are repaired while the server runs.
 const SERVICE_REPAIR_INTERVAL: Duration = Duration::from_secs(300);

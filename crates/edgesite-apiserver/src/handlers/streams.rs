@@ -79,10 +79,12 @@ pub async fn tunnel(State(state): State<Arc<ApiState>>, mut req: Request) -> Res
             &format!("a node tunnel needs HTTP/1.1 with Upgrade: {TUNNEL_UPGRADE}"),
         );
     };
-    let shutdown = state.shutdown.clone();
+    // The task keeps the registry only: the state (and with it the store) must be free to go
+    // when the server shuts down, whatever the tunnel is doing.
+    let (tunnels, shutdown) = (state.tunnels.clone(), state.shutdown.clone());
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => state.tunnels.serve(node, upgraded, shutdown).await,
+            Ok(upgraded) => tunnels.serve(node, upgraded, shutdown).await,
             Err(err) => warn!(%node, %err, "node tunnel upgrade failed"),
         }
     });
