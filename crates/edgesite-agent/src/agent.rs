@@ -35,7 +35,7 @@ use crate::cri::{CriRuntime, Runtime};
 use crate::images::ImageImporter;
 use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
-use crate::pod::{Allocatable, NodeContext, NodeResources, PodWorkers, WorkerOptions};
+use crate::pod::{NodeContext, NodeResources, PodWorkers, WorkerOptions};
 use crate::report::{ApiReporter, FIELD_MANAGER};
 
 /// What the agent runs with.
@@ -134,18 +134,17 @@ pub fn node_facts(config: &AgentConfig, runtime_version: &str, kubelet_version: 
         .as_ref()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let (_, arch) = crate::oci::platform();
     let storage = nix::sys::statvfs::statvfs(&config.data_dir)
         .map(|s| s.blocks().saturating_mul(s.fragment_size()))
         .unwrap_or(0);
     let capacity = [
         ("cpu".to_owned(), format!("{}m", host.cpu_millis)),
         ("memory".to_owned(), format!("{}", host.memory_bytes)),
-        ("pods".to_owned(), "110".to_owned()),
+        (
+            "pods".to_owned(),
+            WorkerOptions::default().max_pods.to_string(),
+        ),
         ("ephemeral-storage".to_owned(), format!("{storage}")),
     ]
     .into_iter()
@@ -311,7 +310,6 @@ pub async fn run(
             "cluster.local",
         )
     };
-    let host = NodeResources::of_host();
     let reporter = ApiReporter::new(&config.node_name, clock.clone());
     let reports = tokio::spawn(reporter.clone().run(client.clone()));
     let workers = PodWorkers::new(
@@ -321,11 +319,6 @@ pub async fn run(
         reporter.clone(),
         clock.clone(),
         node_ctx,
-        Allocatable {
-            cpu_milli: host.cpu_millis,
-            memory: host.memory_bytes,
-            pods: 110,
-        },
         WorkerOptions::default(),
     );
 

@@ -164,8 +164,7 @@ pub fn ipam_dir(agent_dir: &Path) -> PathBuf {
 /// (as given, not canonicalised), 8 characters, well within [`MAX_IFNAME`].
 pub fn bridge_name(agent_dir: &Path) -> String {
     let hash = Sha256::digest(agent_dir.as_os_str().as_encoded_bytes());
-    let hex: String = hash.iter().take(3).map(|b| format!("{b:02x}")).collect();
-    format!("es{hex}")
+    format!("es{}", edgesite_api::join::hex(&hash[..3]))
 }
 
 /// The CNI network's name: `edgesite-<bridge>`.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use edgesite_agent::cri::Runtime;
 use edgesite_agent::pod::volumes::HostVolumes;
 use edgesite_agent::pod::{
-    Allocatable, EventType, NodeContext, Objects, PodWorkers, Reporter, WorkerOptions,
+    EventType, NodeContext, NodeResources, Objects, PodWorkers, Reporter, WorkerOptions,
 };
 use edgesite_testkit::{TestContainerd, busybox_image};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
@@ -71,13 +71,19 @@ async fn node() -> Node {
     ctd.import_pause_image().await;
     let tarball = busybox_image(&ctd.dir().join("images"), BUSYBOX);
     ctd.import(&tarball, BUSYBOX).await;
-    let node = NodeContext::new(
-        "n1",
-        "127.0.0.1".parse().unwrap(),
-        ctd.dir().join("pods"),
-        None,
-        "cluster.local",
-    );
+    let node = NodeContext {
+        allocatable: NodeResources {
+            cpu_millis: 2000,
+            memory_bytes: 2 << 30,
+        },
+        ..NodeContext::new(
+            "n1",
+            "127.0.0.1".parse().unwrap(),
+            ctd.dir().join("pods"),
+            None,
+            "cluster.local",
+        )
+    };
     let reporter = Arc::new(Recorder::default());
     let workers = PodWorkers::new(
         Arc::new(ctd.runtime().clone()),
@@ -86,11 +92,6 @@ async fn node() -> Node {
         reporter.clone(),
         Arc::new(edgesite_clock::SystemClock),
         node,
-        Allocatable {
-            cpu_milli: 2000,
-            memory: 2 << 30,
-            pods: 110,
-        },
         WorkerOptions::default(),
     );
     Node {

@@ -43,7 +43,7 @@ mod test_support;
 pub mod volumes;
 pub mod worker;
 
-pub use worker::{Allocatable, PodWorkers, WorkerOptions};
+pub use worker::{PodWorkers, WorkerOptions};
 
 /// The ConfigMaps and Secrets pods reference, as the node's local cache holds them.
 pub trait Objects: Send + Sync + std::fmt::Debug {

@@ -11,14 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::backoff::Backoff;
 
-/// Label of sandboxes and containers: the pod's uid.
-pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
-/// Label of sandboxes and containers: the pod's name.
-pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
-/// Label of sandboxes and containers: the pod's namespace.
-pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-/// Label of containers: the container's name in the pod spec.
-pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub use super::config::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 /// Annotation of containers: the hash of the container spec they were made from.
 pub const ANNOTATION_CONTAINER_HASH: &str = "io.kubernetes.container.hash";
 /// Annotation of containers: whether it is an init container (`true`).
@@ -216,7 +209,7 @@ pub fn should_restart(policy: &str, exit_code: i32) -> bool {
 pub fn container_hash(container: &Container) -> String {
     let json = serde_json::to_vec(container).unwrap_or_default();
     let digest = Sha256::digest(&json);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    edgesite_api::join::hex(&digest[..8])
 }
 
 fn next_count(input: &PlanInput<'_>, name: &str) -> u32 {

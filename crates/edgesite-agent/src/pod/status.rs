@@ -1,6 +1,6 @@
 //! The pod status a worker reports, a pure function of the pod, what the runtime holds, the
 //! probes' verdicts and why containers wait ([`pod_status`]); the pod's QoS class
-//! ([`qos_class`]) and its requests ([`pod_requests`]) for the node's fit check.
+//! ([`super::resources::qos_class`]) and its requests ([`pod_requests`]) for the node's fit check.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -444,47 +444,8 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         start_time: input.start_time.clone(),
         container_statuses: Some(statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
-        qos_class: Some(qos_class(spec).into()),
+        qos_class: Some(super::resources::qos_class(pod).as_str().into()),
         ..Default::default()
-    }
-}
-
-/// The pod's QoS class: `Guaranteed` when every container limits cpu and memory and requests
-/// what it limits, `BestEffort` when none requests or limits either, `Burstable` otherwise.
-pub fn qos_class(spec: &PodSpec) -> &'static str {
-    let all = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in all {
-        let res = c.resources.clone().unwrap_or_default();
-        let requests = res.requests.unwrap_or_default();
-        let limits = res.limits.unwrap_or_default();
-        for r in ["cpu", "memory"] {
-            let req = requests.get(r).and_then(|q| Quantity::from_str(&q.0).ok());
-            let lim = limits.get(r).and_then(|q| Quantity::from_str(&q.0).ok());
-            if req.as_ref().is_some_and(|q| !q.is_zero())
-                || lim.as_ref().is_some_and(|q| !q.is_zero())
-            {
-                any = true;
-            }
-            match (req, lim) {
-                (_, None) => guaranteed = false,
-                (Some(req), Some(lim)) if req.milli_value() != lim.milli_value() => {
-                    guaranteed = false
-                }
-                _ => {}
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
     }
 }
 

@@ -30,20 +30,10 @@ use super::plan::{
     ObservedSandbox, PlanInput, RunState,
 };
 use super::probe::{self, ProbeKind, ProbeResults, ProbeTask, Target};
+use super::resources::qos_class;
 use super::status::{self, Requests, StatusInput, Waiting, time_of_nanos};
 use super::{EventType, NodeContext, Objects, Reporter, VolumeError, VolumeManager};
 use crate::cri::Runtime;
-
-/// What the node has for pods (its allocatable), for the admission fit check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allocatable {
-    /// Millicores.
-    pub cpu_milli: i64,
-    /// Bytes.
-    pub memory: i64,
-    /// Pods.
-    pub pods: usize,
-}
 
 /// How the workers run.
 #[derive(Debug, Clone)]
@@ -56,6 +46,9 @@ pub struct WorkerOptions {
     pub retry_period: Duration,
     /// The CRI runtime handler of sandboxes (empty: the default).
     pub runtime_handler: String,
+    /// How many pods the node admits (kubelet's `--max-pods`, 110); cpu and memory are
+    /// admitted against the node's allocatable.
+    pub max_pods: usize,
 }
 
 impl Default for WorkerOptions {
@@ -65,6 +58,7 @@ impl Default for WorkerOptions {
             resync_period: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
             runtime_handler: String::new(),
+            max_pods: 110,
         }
     }
 }
@@ -117,7 +111,6 @@ type Workers = Arc<Mutex<HashMap<String, Entry>>>;
 #[derive(Debug)]
 pub struct PodWorkers {
     shared: Arc<Shared>,
-    allocatable: Allocatable,
     workers: Workers,
     relist: JoinHandle<()>,
 }
@@ -152,8 +145,8 @@ fn is_terminal_phase(pod: &Pod) -> Option<Completion> {
 
 impl PodWorkers {
     /// Workers over `runtime`, with the pods' volumes in `volumes`, the objects they reference
-    /// in `objects`, reporting to `reporter`; `allocatable` is what the node offers pods. Must
-    /// be called within a tokio runtime: it starts the relist.
+    /// in `objects`, reporting to `reporter`; pods are admitted against `node`'s allocatable
+    /// and `options.max_pods`. Must be called within a tokio runtime: it starts the relist.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         runtime: Arc<dyn Runtime>,
@@ -162,7 +155,6 @@ impl PodWorkers {
         reporter: Arc<dyn Reporter>,
         clock: Arc<dyn Clock>,
         node: NodeContext,
-        allocatable: Allocatable,
         options: WorkerOptions,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -178,7 +170,6 @@ impl PodWorkers {
         let relist = tokio::spawn(relist(shared.clone(), workers.clone()));
         Self {
             shared,
-            allocatable,
             workers,
             relist,
         }
@@ -301,7 +292,8 @@ impl PodWorkers {
                 pods += 1;
             }
         }
-        let a = self.allocatable;
+        let a = self.shared.node.allocatable;
+        let max_pods = self.shared.options.max_pods;
         let over = |name: &str, want: i64, used: i64, cap: i64| {
             (want > 0 && want + used > cap).then(|| {
                 (
@@ -312,17 +304,17 @@ impl PodWorkers {
                 )
             })
         };
-        if pods + 1 > a.pods {
+        if pods + 1 > max_pods {
             return Some((
                 "OutOfpods".into(),
                 format!(
                     "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {pods}, capacity: {}",
-                    a.pods
+                    max_pods
                 ),
             ));
         }
-        over("cpu", wants.cpu_milli, used.cpu_milli, a.cpu_milli)
-            .or_else(|| over("memory", wants.memory, used.memory, a.memory))
+        over("cpu", wants.cpu_milli, used.cpu_milli, a.cpu_millis)
+            .or_else(|| over("memory", wants.memory, used.memory, a.memory_bytes))
     }
 
     fn reject(&self, pod: &Pod, reason: &str, message: &str) {
@@ -340,7 +332,7 @@ impl PodWorkers {
                 .as_ref()
                 .and_then(|s| s.start_time.clone())
                 .or(Some(time_of_nanos(now))),
-            qos_class: pod.spec.as_ref().map(|s| status::qos_class(s).to_string()),
+            qos_class: Some(qos_class(pod).as_str().to_owned()),
             ..Default::default()
         };
         let reporter = &self.shared.reporter;
@@ -1352,7 +1344,7 @@ impl Worker {
             .annotations
             .insert(ANNOTATION_CONTAINER_HASH.into(), plan::container_hash(spec));
         config.annotations.insert(
-            "io.kubernetes.container.restartCount".into(),
+            super::config::ANNOTATION_RESTART_COUNT.into(),
             start.restart_count.to_string(),
         );
         if start.init {

@@ -45,6 +45,17 @@ fn qos_classes_follow_upstream() {
             vec![json!({"requests": {"cpu": "100m"}})],
             QosClass::Burstable,
         ),
+        // Equal amounts in other units are equal.
+        (
+            vec![json!({"requests": {"cpu": "1000m", "memory": "1Gi"},
+                        "limits": {"cpu": "1", "memory": "1024Mi"}})],
+            QosClass::Guaranteed,
+        ),
+        (
+            vec![json!({"requests": {"cpu": "500m", "memory": "1Gi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"}})],
+            QosClass::Burstable,
+        ),
     ];
     for (resources, want) in cases {
         assert_eq!(

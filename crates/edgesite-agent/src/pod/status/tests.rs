@@ -4,47 +4,6 @@ use serde_json::json;
 
 const S: i64 = 1_000_000_000;
 
-fn spec(containers: serde_json::Value) -> PodSpec {
-    serde_json::from_value(json!({"containers": containers})).unwrap()
-}
-
-#[test]
-fn qos_classes() {
-    let cases = [
-        (json!([{"name": "a"}]), "BestEffort"),
-        (
-            json!([{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]),
-            "Guaranteed",
-        ),
-        (
-            json!([{"name": "a", "resources": {
-                "requests": {"cpu": "1000m", "memory": "1Gi"},
-                "limits": {"cpu": "1", "memory": "1024Mi"}}}]),
-            "Guaranteed",
-        ),
-        (
-            json!([{"name": "a", "resources": {
-                "requests": {"cpu": "500m", "memory": "1Gi"},
-                "limits": {"cpu": "1", "memory": "1Gi"}}}]),
-            "Burstable",
-        ),
-        (
-            json!([{"name": "a", "resources": {"requests": {"memory": "10Mi"}}}]),
-            "Burstable",
-        ),
-        (
-            json!([
-                {"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
-                {"name": "b"},
-            ]),
-            "Burstable",
-        ),
-    ];
-    for (containers, want) in cases {
-        assert_eq!(qos_class(&spec(containers.clone())), want, "{containers}");
-    }
-}
-
 #[test]
 fn requests_are_the_larger_of_the_containers_sum_and_each_init_container_plus_overhead() {
     let s: PodSpec = serde_json::from_value(json!({

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use serde_json::json;
 
 use super::*;
+use crate::pod::NodeResources;
 use crate::pod::fake::{
     Behaviour, Call, FakeObjects, FakeRuntime, FakeVolumes, Log, RecordingReporter, TokioClock,
 };
@@ -32,7 +33,7 @@ fn node() -> NodeContext {
     )
 }
 
-fn harness_with(allocatable: Allocatable) -> Harness {
+fn harness_with(allocatable: NodeResources) -> Harness {
     let clock = Arc::new(TokioClock::new());
     let log: Log = Arc::default();
     let rt = Arc::new(FakeRuntime::new(clock.clone(), log.clone(), &[IMAGE]));
@@ -45,8 +46,10 @@ fn harness_with(allocatable: Allocatable) -> Harness {
         objects.clone(),
         reporter.clone(),
         clock,
-        node(),
-        allocatable,
+        NodeContext {
+            allocatable,
+            ..node()
+        },
         WorkerOptions::default(),
     );
     Harness {
@@ -58,10 +61,9 @@ fn harness_with(allocatable: Allocatable) -> Harness {
 }
 
 fn harness() -> Harness {
-    harness_with(Allocatable {
-        cpu_milli: 4000,
-        memory: 8 << 30,
-        pods: 110,
+    harness_with(NodeResources {
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
     })
 }
 
@@ -799,10 +801,9 @@ async fn containers_a_previous_agent_left_running_are_adopted_not_recreated() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_the_node_cannot_fit_fails_with_out_of_cpu_and_runs_nothing() {
-    let h = harness_with(Allocatable {
-        cpu_milli: 1000,
-        memory: 1 << 30,
-        pods: 110,
+    let h = harness_with(NodeResources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
     });
     let wants = |cpu: &str| json!({"containers": [{"name": "app", "resources": {"requests": {"cpu": cpu}}}]});
     h.workers.update(pod_with("uid-a", wants("600m")));
