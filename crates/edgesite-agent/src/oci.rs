@@ -348,11 +348,31 @@ pub fn pause_image(busybox: &Path) -> Result<ImageBuilder> {
 /// A busybox image named `name`: the host's static busybox at `/bin/busybox`, with `/bin/sh`
 /// linked to it, entrypoint `/bin/busybox`, default command `sh`.
 pub fn busybox_image(name: &str, busybox: &Path) -> Result<ImageBuilder> {
-    Ok(ImageBuilder::new(name)
+    let mut image = ImageBuilder::new(name)
         .host_file("bin/busybox", busybox, 0o755)?
-        .symlink("bin/sh", "busybox")
-        .entrypoint(["/bin/busybox"])
-        .cmd(["sh"]))
+        .symlink("bin/sh", "busybox");
+    for applet in busybox_applets(busybox) {
+        image = image.symlink(&applet, "/bin/busybox");
+    }
+    Ok(image.entrypoint(["/bin/busybox"]).cmd(["sh"]))
+}
+
+/// Where busybox installs its applets (`bin/cat`, `usr/bin/wget`, ...), as its
+/// `--list-full` says, so `kubectl exec POD -- cat FILE` finds them; none when it cannot say.
+fn busybox_applets(busybox: &Path) -> Vec<String> {
+    let Ok(out) = std::process::Command::new(busybox)
+        .arg("--list-full")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !matches!(*l, "bin/busybox" | "bin/sh"))
+        .filter_map(|l| clean(l).ok())
+        .collect()
 }
 
 fn clean(path: &str) -> Result<String> {
@@ -498,6 +518,23 @@ mod tests {
             std::fs::read(&a.path).unwrap(),
             std::fs::read(&b.path).unwrap()
         );
+    }
+
+    #[test]
+    fn the_busybox_image_links_every_applet_to_busybox() {
+        let image = busybox_image("edgesite.io/busybox:1", Path::new(HOST_BUSYBOX)).unwrap();
+        let link = |p: &str| match image.entries.get(p) {
+            Some(Entry::Symlink { target }) => Some(target.clone()),
+            _ => None,
+        };
+        assert_eq!(link("bin/sh").as_deref(), Some("busybox"));
+        for applet in ["bin/cat", "bin/sleep", "usr/sbin/httpd", "usr/bin/nc"] {
+            assert_eq!(link(applet).as_deref(), Some("/bin/busybox"), "{applet}");
+        }
+        assert!(matches!(
+            image.entries.get("bin/busybox"),
+            Some(Entry::File { .. })
+        ));
     }
 
     #[test]

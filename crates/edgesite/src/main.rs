@@ -34,6 +34,30 @@ enum Command {
     /// Register hollow nodes for scale tests: simulated nodes that heartbeat their Leases and
     /// report the pods bound to them as Running and Ready, without running containers.
     Sim(SimArgs),
+    /// Build node images offline, to drop into an agent's images directory.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Write an OCI image tarball holding this host's static busybox (`/bin/sh` and the
+    /// busybox applets: sh, httpd, nc, wget, ...), for sites without a registry.
+    Busybox(BusyboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BusyboxArgs {
+    /// The image's name, as pods name it.
+    #[arg(long, default_value = "edgesite.io/busybox:1")]
+    name: String,
+    /// The tarball to write (written aside and renamed, so an agent watching the directory
+    /// never sees half of it).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The static busybox binary (Debian's `busybox-static`).
+    #[arg(long, default_value = edgesite_agent::oci::HOST_BUSYBOX)]
+    busybox: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +189,37 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => runtime()?.block_on(agent(args)),
         Command::Up(args) => runtime()?.block_on(up(args)),
         Command::Sim(args) => runtime()?.block_on(sim(args)),
+        Command::Image(ImageCommand::Busybox(args)) => busybox_image(&args),
     }
+}
+
+fn busybox_image(args: &BusyboxArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.busybox.is_file(),
+        "{} is missing: install the Debian package `busybox-static`",
+        args.busybox.display()
+    );
+    anyhow::ensure!(
+        !args.output.is_dir(),
+        "--output {} is a directory; name the tarball to write",
+        args.output.display()
+    );
+    let file_name = args
+        .output
+        .file_name()
+        .context("--output must name a file")?
+        .to_string_lossy();
+    // A name the images directory ignores while it is written.
+    let partial = args.output.with_file_name(format!(".{file_name}.partial"));
+    let built = edgesite_agent::oci::busybox_image(&args.name, &args.busybox)
+        .and_then(|b| b.write(&partial))
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    if let Err(err) = std::fs::rename(&partial, &args.output) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err).with_context(|| format!("cannot move {} into place", partial.display()));
+    }
+    println!("{} {}", built.name, args.output.display());
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -65,6 +65,8 @@ pub enum Call {
     SetupVolumes,
     /// VolumeManager::teardown.
     TeardownVolumes,
+    /// The volumes of a finished pod were released (logs kept).
+    ReleaseVolumes,
 }
 
 /// The shared call log.
@@ -672,6 +674,11 @@ impl VolumeManager for FakeVolumes {
             }
         }
         Ok(PreparedVolumes::default())
+    }
+
+    async fn release(&self, _: &str) -> Result<(), VolumeError> {
+        self.record(Call::ReleaseVolumes);
+        Ok(())
     }
 
     async fn teardown(&self, _: &str) -> Result<(), VolumeError> {

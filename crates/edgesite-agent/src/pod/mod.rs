@@ -232,6 +232,10 @@ pub trait VolumeManager: Send + Sync + std::fmt::Debug {
     /// Creates (or refreshes: idempotent) the volumes of `pod`.
     async fn setup(&self, pod: &Pod, objects: &dyn Objects)
     -> Result<PreparedVolumes, VolumeError>;
-    /// Removes the volumes of the pod with `uid` (unmounting tmpfs); idempotent.
+    /// Unmounts and removes the volumes of a pod that ran to its end, keeping its container
+    /// logs (`kubectl logs` of a finished pod) until [`VolumeManager::teardown`]; idempotent.
+    async fn release(&self, pod_uid: &str) -> Result<(), VolumeError>;
+    /// Removes everything of the pod with `uid`: volumes (unmounting tmpfs), logs, files;
+    /// idempotent.
     async fn teardown(&self, pod_uid: &str) -> Result<(), VolumeError>;
 }

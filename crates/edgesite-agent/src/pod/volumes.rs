@@ -680,6 +680,17 @@ impl VolumeManager for HostVolumes {
             })?
     }
 
+    async fn release(&self, pod_uid: &str) -> Result<(), VolumeError> {
+        check_name("pod uid", pod_uid)?;
+        let dir = self.node.pod_dir(pod_uid).join("volumes");
+        tokio::task::spawn_blocking(move || remove_pod_dir(&dir))
+            .await
+            .map_err(|e| VolumeError::Io {
+                volume: String::new(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
     async fn teardown(&self, pod_uid: &str) -> Result<(), VolumeError> {
         check_name("pod uid", pod_uid)?;
         let dir = self.node.pod_dir(pod_uid);

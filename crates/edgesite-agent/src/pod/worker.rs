@@ -895,7 +895,8 @@ impl Worker {
     }
 
     /// The pod ran to its end: nothing is restarted, the sandbox is stopped, the volumes
-    /// go; the containers stay (their statuses are the pod's) until the pod is deleted.
+    /// go; the containers and their logs stay (their statuses are the pod's, `kubectl logs`
+    /// still reads them) until the pod is deleted.
     async fn finish(&mut self, done: Completion, observed: &Observed) {
         self.active.store(false, Ordering::SeqCst);
         self.stop_probes();
@@ -930,7 +931,7 @@ impl Worker {
             observed = o;
         }
         if !self.volumes_down {
-            match self.shared.volumes.teardown(&self.uid()).await {
+            match self.shared.volumes.release(&self.uid()).await {
                 Ok(()) => self.volumes_down = true,
                 Err(e) => {
                     tracing::warn!(error = %e, "tearing down the volumes of a finished pod");

@@ -410,3 +410,31 @@ fn mountinfo_escapes_are_undone() {
     assert_eq!(unescape_mountinfo("/plain"), "/plain");
     assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
 }
+
+#[tokio::test]
+async fn release_removes_the_volumes_of_a_finished_pod_and_keeps_its_logs() {
+    let f = Fixture::new();
+    let p = volumes_pod(json!([
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "mem", "emptyDir": {"medium": "Memory"}},
+    ]));
+    f.volumes.setup(&p, &FakeObjects::default()).await.unwrap();
+    let logs = f.dir.path().join("uid-1").join("logs").join("app");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("0.log"), "the last words\n").unwrap();
+    let root = f.dir.path().canonicalize().unwrap();
+    assert_eq!(mounts_under(&root).unwrap().len(), 1);
+
+    f.volumes.release("uid-1").await.unwrap();
+    assert!(!f.dir.path().join("uid-1").join("volumes").exists());
+    assert!(
+        mounts_under(&root).unwrap().is_empty(),
+        "tmpfs left mounted"
+    );
+    assert_eq!(read(&logs.join("0.log")), "the last words\n");
+    f.volumes.release("uid-1").await.unwrap();
+    assert!(f.volumes.release("../uid-1").await.is_err());
+
+    f.volumes.teardown("uid-1").await.unwrap();
+    assert!(!f.dir.path().join("uid-1").exists());
+}

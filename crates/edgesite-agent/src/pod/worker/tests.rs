@@ -940,7 +940,11 @@ async fn a_pod_whose_containers_all_exit_zero_under_never_succeeds_and_keeps_its
     assert_eq!(starts(&h, "job").len(), 1);
     let calls = h.rt.calls();
     assert!(calls.iter().any(|c| matches!(c, Call::StopPodSandbox(_))));
-    assert!(calls.contains(&Call::TeardownVolumes));
+    assert!(calls.contains(&Call::ReleaseVolumes));
+    assert!(
+        !calls.contains(&Call::TeardownVolumes),
+        "the logs stay while the pod does"
+    );
     // The exited container stays for its status (the GC removes it later).
     assert_eq!(h.rt.counts(), (1, 2), "{:?}", h.rt.calls());
     assert_eq!(condition(&s, "Ready"), "False");
