@@ -38,6 +38,8 @@ pub mod oci;
 #[cfg(feature = "runtime")]
 pub mod pod;
 #[cfg(feature = "runtime")]
+pub mod pressure;
+#[cfg(feature = "runtime")]
 pub mod report;
 #[cfg(feature = "runtime")]
 pub mod streams;
