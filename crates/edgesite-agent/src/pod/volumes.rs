@@ -664,6 +664,18 @@ pub fn remove_pod_dir(pod_dir: &Path) -> Result<(), VolumeError> {
     }
 }
 
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, VolumeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| VolumeError::Io {
+            volume: String::new(),
+            source: std::io::Error::other(e),
+        })?
+}
+
 #[async_trait::async_trait]
 impl VolumeManager for HostVolumes {
     async fn setup(
@@ -672,34 +684,19 @@ impl VolumeManager for HostVolumes {
         objects: &dyn Objects,
     ) -> Result<PreparedVolumes, VolumeError> {
         let plans = plan(pod, objects, &self.node)?;
-        tokio::task::spawn_blocking(move || apply(&plans))
-            .await
-            .map_err(|e| VolumeError::Io {
-                volume: String::new(),
-                source: std::io::Error::other(e),
-            })?
+        blocking(move || apply(&plans)).await
     }
 
     async fn release(&self, pod_uid: &str) -> Result<(), VolumeError> {
         check_name("pod uid", pod_uid)?;
         let dir = self.node.pod_dir(pod_uid).join("volumes");
-        tokio::task::spawn_blocking(move || remove_pod_dir(&dir))
-            .await
-            .map_err(|e| VolumeError::Io {
-                volume: String::new(),
-                source: std::io::Error::other(e),
-            })?
+        blocking(move || remove_pod_dir(&dir)).await
     }
 
     async fn teardown(&self, pod_uid: &str) -> Result<(), VolumeError> {
         check_name("pod uid", pod_uid)?;
         let dir = self.node.pod_dir(pod_uid);
-        tokio::task::spawn_blocking(move || remove_pod_dir(&dir))
-            .await
-            .map_err(|e| VolumeError::Io {
-                volume: String::new(),
-                source: std::io::Error::other(e),
-            })?
+        blocking(move || remove_pod_dir(&dir)).await
     }
 }
 
