@@ -259,7 +259,15 @@ pub async fn run(
         .await
         .unwrap_or_else(|| "v0.0.0-edgesite".into());
     let mut facts = node_facts(&config, "containerd://starting", &kubelet_version);
-    if let Err(err) = writer.register(&*clock, &facts, &Health::healthy()).await {
+    // Not Ready until the runtime answered, as kubelet registers.
+    let unchecked = Health {
+        ready: Err((
+            "KubeletNotReady".into(),
+            "container runtime status check may not have completed yet".into(),
+        )),
+        ..Health::healthy()
+    };
+    if let Err(err) = writer.register(&*clock, &facts, &unchecked).await {
         warn!(%err, "cannot register the node now; running from the local cache, retried with the status");
     }
 
@@ -342,7 +350,7 @@ pub async fn run(
         WorkerOptions::default(),
     );
 
-    let (health_tx, health) = watch::channel(Health::healthy());
+    let (health_tx, health) = watch::channel(unchecked);
     let heartbeat = tokio::spawn(
         Heartbeat {
             writer: writer.clone(),
@@ -537,12 +545,13 @@ impl Heartbeat {
         let mut status = tokio::time::interval(self.report);
         let mut check = tokio::time::interval(self.runtime_check);
         let mut failing = false;
+        let mut runtime_ready = None;
         loop {
             let res = tokio::select! {
                 _ = lease.tick() => self.writer.renew(&*self.clock, &self.facts.name).await,
                 _ = status.tick() => self.post_status().await,
                 _ = check.tick() => {
-                    if !self.check_runtime().await {
+                    if !self.check_runtime(&mut runtime_ready).await {
                         continue;
                     }
                     self.post_status().await
@@ -587,11 +596,12 @@ impl Heartbeat {
     /// Checks the runtime and updates the health; returns whether the Ready condition
     /// changed (and so the status must be posted now). A change of readiness is logged and
     /// recorded as node events, as kubelet records `NodeReady`/`NodeNotReady`.
-    async fn check_runtime(&self) -> bool {
+    /// `was` is the readiness last checked (`None` before the first check), updated here.
+    async fn check_runtime(&self, was: &mut Option<bool>) -> bool {
         let ready = runtime_health(&self.runtime)
             .await
             .map_err(|message| ("KubeletNotReady".to_owned(), message));
-        let was_ready = self.health.borrow().ready.is_ok();
+        let was_ready = was.replace(ready.is_ok());
         let changed = self.health.send_if_modified(|h| {
             let changed = h.ready != ready;
             h.ready = ready.clone();
@@ -599,7 +609,7 @@ impl Heartbeat {
         });
         let name = &self.facts.name;
         match &ready {
-            Err((_, message)) if was_ready => {
+            Err((_, message)) if was_ready != Some(false) => {
                 warn!(%message, "the node is NotReady until the container runtime answers again; pods are retried");
                 self.reporter.node_event(
                     EventType::Warning,
@@ -612,8 +622,10 @@ impl Heartbeat {
                     format!("Node {name} status is now: NodeNotReady"),
                 );
             }
-            Ok(()) if !was_ready => {
-                info!("the container runtime answers again; the node is Ready");
+            Ok(()) if was_ready != Some(true) => {
+                if was_ready.is_some() {
+                    info!("the container runtime answers again; the node is Ready");
+                }
                 self.reporter.node_event(
                     EventType::Normal,
                     "NodeReady",
