@@ -40,9 +40,7 @@ use crate::cri::{CriRuntime, Runtime};
 use crate::images::ImageImporter;
 use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
-use crate::pod::{
-    Allocatable, EventType, NodeContext, NodeResources, PodWorkers, WorkerOptions,
-};
+use crate::pod::{Allocatable, EventType, NodeContext, NodeResources, PodWorkers, WorkerOptions};
 use crate::report::{ApiReporter, FIELD_MANAGER};
 
 /// What the agent runs with.
@@ -375,10 +373,7 @@ pub async fn run(
                 let (writer, clock, facts) = (&writer, &clock, &facts);
                 let now = health.borrow().clone();
                 async move {
-                    if let Err(err) = writer
-                        .post_status(&**clock, facts, &now, Some(&node))
-                        .await
-                    {
+                    if let Err(err) = writer.post_status(&**clock, facts, &now, Some(&node)).await {
                         debug!(%err, "status post failed; retried on the next change");
                     }
                 }
@@ -601,6 +596,7 @@ impl Heartbeat {
         let ready = runtime_health(&self.runtime)
             .await
             .map_err(|message| ("KubeletNotReady".to_owned(), message));
+        debug!(?ready, "container runtime checked");
         let was_ready = was.replace(ready.is_ok());
         let changed = self.health.send_if_modified(|h| {
             let changed = h.ready != ready;
@@ -641,17 +637,18 @@ impl Heartbeat {
 /// The runtime's health in kubelet's words: `Err(message)` when CRI `Status` fails or a
 /// condition the node needs (`RuntimeReady`, `NetworkReady`) is false.
 async fn runtime_health(runtime: &CriRuntime) -> Result<(), String> {
-    let conditions =
-        match tokio::time::timeout(RUNTIME_STATUS_TIMEOUT, runtime.runtime_status()).await {
-            Err(_) => {
-                return Err(format!(
-                    "container runtime is down: CRI Status at {} did not answer within {RUNTIME_STATUS_TIMEOUT:?}",
-                    runtime.socket().display()
-                ));
-            }
-            Ok(Err(err)) => return Err(format!("container runtime is down: {err}")),
-            Ok(Ok(conditions)) => conditions,
-        };
+    let conditions = match tokio::time::timeout(RUNTIME_STATUS_TIMEOUT, runtime.runtime_status())
+        .await
+    {
+        Err(_) => {
+            return Err(format!(
+                "container runtime is down: CRI Status at {} did not answer within {RUNTIME_STATUS_TIMEOUT:?}",
+                runtime.socket().display()
+            ));
+        }
+        Ok(Err(err)) => return Err(format!("container runtime is down: {err}")),
+        Ok(Ok(conditions)) => conditions,
+    };
     for (kind, what) in [
         ("RuntimeReady", "container runtime not ready"),
         ("NetworkReady", "container runtime network not ready"),

@@ -88,7 +88,10 @@ impl Site {
             .keep();
         let data = dir.join("server");
         let (server, took) = start_server(&data, &dir.join("server.log"), &[])?;
-        eprintln!("FIGURE server start → kubeconfig {:.2} s", took.as_secs_f64());
+        eprintln!(
+            "FIGURE server start → kubeconfig {:.2} s",
+            took.as_secs_f64()
+        );
         let kubeconfig = data.join("admin.kubeconfig");
         let text = std::fs::read_to_string(&kubeconfig)?;
         let url = text
@@ -141,7 +144,7 @@ impl Site {
             .args(["--node-ip", "127.0.0.1", "--data-dir"])
             .arg(self.dir.join(name))
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,edgesite_agent::agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if let Some(token) = token {
@@ -255,16 +258,20 @@ impl Site {
 
     fn wait_event(&self, node: &str, kind: &str, reason: &str, secs: u64) -> Result<String> {
         let mut message = String::new();
-        eventually(secs, &format!("a {kind} {reason} event of node {node}"), || {
-            let events = self.node_events(node)?;
-            match events.iter().find(|e| e.0 == kind && e.1 == reason) {
-                Some(e) => {
-                    message = e.2.clone();
-                    Ok(None)
+        eventually(
+            secs,
+            &format!("a {kind} {reason} event of node {node}"),
+            || {
+                let events = self.node_events(node)?;
+                match events.iter().find(|e| e.0 == kind && e.1 == reason) {
+                    Some(e) => {
+                        message = e.2.clone();
+                        Ok(None)
+                    }
+                    None => Ok(Some(format!("{events:?}"))),
                 }
-                None => Ok(Some(format!("{events:?}"))),
-            }
-        })?;
+            },
+        )?;
         Ok(message)
     }
 
@@ -344,6 +351,18 @@ impl Drop for Site {
         dirs.sort();
         dirs.dedup();
         for dir in dirs {
+            // A killed agent leaves its containerd running; the cleanup needs it gone (it
+            // starts one of its own on the same directory to remove the pods).
+            for _ in 0..50 {
+                let Some(pid) = containerd_pid(dir) else {
+                    break;
+                };
+                if let Ok(pid) = i32::try_from(pid) {
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             match cleanup(dir) {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => eprintln!(
@@ -499,7 +518,10 @@ fn two_agents_run_a_daemonset_pod_each_and_survive_rejoin_and_a_containerd_crash
             .with_context(|| format!("{node} in {wide}"))?;
         let f: Vec<&str> = line.split_whitespace().collect();
         ensure!(f[1] == "Ready", "{line}");
-        ensure!(line.contains("127.0.0.1") && line.contains("containerd://"), "{line}");
+        ensure!(
+            line.contains("127.0.0.1") && line.contains("containerd://"),
+            "{line}"
+        );
     }
 
     // What must not be shared between the two nodes on this host.
@@ -630,6 +652,38 @@ fn an_external_containerd_down_makes_the_node_not_ready_until_it_is_back() -> Re
         &["--containerd-address", &socket_arg],
     )?;
     site.wait_ready("edge-x", "True", 90)?;
+    let pod = site.dir.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: edgesite.io/busybox:1
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"#,
+    )?;
+    site.k(&["apply", "-f", &pod.to_string_lossy()])?;
+    site.k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/steady",
+        "--timeout=60s",
+    ])?;
+    let container = |site: &Site| {
+        site.k(&[
+            "get",
+            "pod",
+            "steady",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].ready}",
+        ])
+    };
+    let before = container(&site)?;
 
     site.stop_containerd(&adir)?;
     let stopped = Instant::now();
@@ -646,7 +700,10 @@ fn an_external_containerd_down_makes_the_node_not_ready_until_it_is_back() -> Re
     let event = site.wait_event("edge-x", "Warning", "ContainerRuntimeDown", 30)?;
     ensure!(event.starts_with("container runtime is down"), "{event}");
     site.wait_event("edge-x", "Normal", "NodeNotReady", 30)?;
-    ensure!(site.agent_alive("edge-x")?, "the agent stays up without its runtime");
+    ensure!(
+        site.agent_alive("edge-x")?,
+        "the agent stays up without its runtime"
+    );
     site.k(&["get", "nodes"])?;
 
     site.start_containerd(&adir)?;
@@ -658,6 +715,14 @@ fn an_external_containerd_down_makes_the_node_not_ready_until_it_is_back() -> Re
     );
     site.wait_event("edge-x", "Normal", "NodeReady", 30)?;
     ensure!(site.agent_alive("edge-x")?, "the agent still runs");
+    // The container outlived its containerd (its shim did): the pod is Running and ready
+    // in the same container once the workers reach the runtime again.
+    let mut after = String::new();
+    eventually(60, "pod steady ready in the same container", || {
+        after = container(&site)?;
+        Ok((after != before).then(|| format!("{before} → {after}")))
+    })?;
+    site.k(&["delete", "pod", "steady", "--timeout=60s"])?;
     site.passed();
     Ok(())
 }
