@@ -11,7 +11,11 @@
 //!    and the pause image;
 //! 5. the pod workers, fed only from the cache; their reports go to the server through a
 //!    queue ([`crate::report`]); the Lease is renewed every 10 s and the node status posted
-//!    every minute and whenever the server marked the node `Unknown`.
+//!    every minute and whenever the server marked the node `Unknown`;
+//! 6. the runtime checked every 5 s (CRI `Status`, as kubelet's runtime-state check): while it
+//!    fails the node is `Ready=False` (`KubeletNotReady`, "container runtime is down: ...")
+//!    with a Warning node event, and the agent keeps running (the pod workers retry, the
+//!    managed containerd is restarted by its supervisor) until it answers again.
 //!
 //! Stopping the agent leaves the containers running; the next start adopts them.
 
@@ -26,6 +30,7 @@ use edgesite_node::{Health, NodeFacts, NodeWriter};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt as _;
 use kube::runtime::watcher;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::cache::{Kind, LocalCache};
@@ -35,7 +40,7 @@ use crate::cri::{CriRuntime, Runtime};
 use crate::images::ImageImporter;
 use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
-use crate::pod::{NodeContext, NodeResources, PodWorkers, WorkerOptions};
+use crate::pod::{EventType, NodeContext, NodeResources, PodWorkers, WorkerOptions};
 use crate::report::{ApiReporter, FIELD_MANAGER};
 
 /// What the agent runs with.
@@ -59,6 +64,11 @@ pub struct AgentConfig {
     pub lease_renew: Duration,
     /// How often the node status is posted without a change (kubelet: 1 min).
     pub status_report: Duration,
+    /// How often the runtime's health and the host's pressure are checked (kubelet: 5 s
+    /// and 10 s).
+    pub runtime_check: Duration,
+    /// When memory, disk and process ids count as short (kubelet's `--eviction-hard`).
+    pub pressure: crate::pressure::Thresholds,
 }
 
 impl AgentConfig {
@@ -79,6 +89,8 @@ impl AgentConfig {
             busybox: "/bin/busybox".into(),
             lease_renew: Duration::from_secs(10),
             status_report: Duration::from_secs(60),
+            runtime_check: Duration::from_secs(5),
+            pressure: crate::pressure::Thresholds::default(),
         }
     }
 }
@@ -248,7 +260,15 @@ pub async fn run(
         .await
         .unwrap_or_else(|| "v0.0.0-edgesite".into());
     let mut facts = node_facts(&config, "containerd://starting", &kubelet_version);
-    if let Err(err) = writer.register(&*clock, &facts, &Health::healthy()).await {
+    // Not Ready until the runtime answered, as kubelet registers.
+    let unchecked = Health {
+        ready: Err((
+            "KubeletNotReady".into(),
+            "container runtime status check may not have completed yet".into(),
+        )),
+        ..Health::healthy()
+    };
+    if let Err(err) = writer.register(&*clock, &facts, &unchecked).await {
         warn!(%err, "cannot register the node now; running from the local cache, retried with the status");
     }
 
@@ -285,19 +305,23 @@ pub async fn run(
     ImageImporter::new(&socket)
         .ensure_pause_image(&runtime, &config.busybox, &build_dir)
         .await?;
+    let reporter = ApiReporter::new(&config.node_name, clock.clone());
     // Images dropped into ADIR/images: those there now before any pod starts, later ones
     // within seconds.
     let mut images = ImagesDir::new(adir.join("images"), ImageImporter::new(&socket));
     let mut outcomes = images.import_all_once().await;
     confirm_served(&runtime, &mut outcomes, Duration::from_secs(10)).await;
-    log_imports(&outcomes);
+    log_imports(&outcomes, &reporter);
     let (image_tx, mut image_rx) = tokio::sync::mpsc::channel(16);
     let image_watch = tokio::spawn(images.run(image_tx));
-    let image_log = tokio::spawn(async move {
-        while let Some(outcome) = image_rx.recv().await {
-            log_imports(std::slice::from_ref(&outcome));
-        }
-    });
+    let image_log = {
+        let reporter = reporter.clone();
+        tokio::spawn(async move {
+            while let Some(outcome) = image_rx.recv().await {
+                log_imports(std::slice::from_ref(&outcome), &reporter);
+            }
+        })
+    };
 
     let node_ctx = NodeContext {
         capacity: NodeResources::of_host(),
@@ -310,7 +334,6 @@ pub async fn run(
             "cluster.local",
         )
     };
-    let reporter = ApiReporter::new(&config.node_name, clock.clone());
     let reports = tokio::spawn(reporter.clone().run(client.clone()));
     let workers = PodWorkers::new(
         Arc::new(runtime.clone()),
@@ -322,28 +345,34 @@ pub async fn run(
         WorkerOptions::default(),
     );
 
-    let heartbeat = tokio::spawn(heartbeat(
-        writer.clone(),
-        clock.clone(),
-        facts.clone(),
-        cache.clone(),
-        config.lease_renew,
-        config.status_report,
-    ));
+    let (health_tx, health) = watch::channel(unchecked);
+    let heartbeat = tokio::spawn(
+        Heartbeat {
+            writer: writer.clone(),
+            clock: clock.clone(),
+            facts: facts.clone(),
+            cache: cache.clone(),
+            runtime: runtime.clone(),
+            reporter: reporter.clone(),
+            health: health_tx,
+            renew: config.lease_renew,
+            report: config.status_report,
+            runtime_check: config.runtime_check,
+            data_dir: adir.clone(),
+            thresholds: config.pressure,
+        }
+        .run(),
+    );
     let keeper = {
-        let (writer, clock, facts, cache) =
-            (writer.clone(), clock.clone(), facts.clone(), cache.clone());
+        let (writer, clock, facts) = (writer.clone(), clock.clone(), facts.clone());
         let by_name =
             watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
         tokio::spawn(async move {
             edgesite_node::keep_status(writer.nodes().clone(), by_name, |node| {
-                let (writer, clock, facts, cache) = (&writer, &clock, &facts, &cache);
+                let (writer, clock, facts) = (&writer, &clock, &facts);
+                let now = health.borrow().clone();
                 async move {
-                    let _ = cache;
-                    if let Err(err) = writer
-                        .post_status(&**clock, facts, &Health::healthy(), Some(&node))
-                        .await
-                    {
+                    if let Err(err) = writer.post_status(&**clock, facts, &now, Some(&node)).await {
                         debug!(%err, "status post failed; retried on the next change");
                     }
                 }
@@ -441,14 +470,24 @@ pub async fn run(
     Ok(())
 }
 
-fn log_imports(outcomes: &[ImportOutcome]) {
+/// Logs each import; a failed one is also a Warning event on the node (`ImageImportFailed`),
+/// so `kubectl get events` shows why an image a pod needs is missing.
+fn log_imports(outcomes: &[ImportOutcome], reporter: &ApiReporter) {
     for o in outcomes {
         match &o.result {
             Ok(names) => {
                 info!(file = %o.file.display(), ?names, ms = o.elapsed.as_millis() as u64, "image imported")
             }
             Err(err) => {
-                warn!(file = %o.file.display(), %err, "image file not imported; retried when it changes")
+                warn!(file = %o.file.display(), %err, "image file not imported; retried when it changes");
+                reporter.node_event(
+                    EventType::Warning,
+                    "ImageImportFailed",
+                    format!(
+                        "cannot import the image file {}: {err}; it is retried when the file changes",
+                        o.file.display()
+                    ),
+                );
             }
         }
     }
@@ -473,46 +512,219 @@ async fn wait_for_pod_cidr(cache: &LocalCache, name: &str) -> String {
     }
 }
 
-/// Renews the Lease every `renew` and posts the node status every `report`.
-async fn heartbeat(
+/// How long the runtime's `Status` may take before the runtime counts as down.
+const RUNTIME_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The node's heartbeat: Lease renewals, status posts, and the runtime check that decides
+/// the Ready condition.
+struct Heartbeat {
     writer: NodeWriter,
     clock: Arc<dyn Clock>,
     facts: NodeFacts,
     cache: Arc<LocalCache>,
+    runtime: CriRuntime,
+    reporter: Arc<ApiReporter>,
+    /// The node's health as last checked; the status keeper reads it too.
+    health: watch::Sender<Health>,
     renew: Duration,
     report: Duration,
-) {
-    let mut lease = tokio::time::interval(renew);
-    let mut status = tokio::time::interval(report);
-    let mut failing = false;
-    loop {
-        let res = tokio::select! {
-            _ = lease.tick() => writer.renew(&*clock, &facts.name).await,
-            _ = status.tick() => {
-                let previous = cache.get::<Node>(&facts.name);
-                writer.post_status(&*clock, &facts, &Health::healthy(), previous.as_deref()).await.map(|_| ())
-            }
-        };
-        match res {
-            Ok(()) if failing => {
-                info!("heartbeats reach the server again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                // The Node or Lease is gone (deleted, or never registered offline): register.
-                if let Err(err) = writer.register(&*clock, &facts, &Health::healthy()).await {
-                    debug!(%err, "registration failed; retried");
+    runtime_check: Duration,
+    /// The filesystem of this directory is the one disk pressure is judged on.
+    data_dir: std::path::PathBuf,
+    thresholds: crate::pressure::Thresholds,
+}
+
+impl Heartbeat {
+    /// Renews the Lease every `renew`, posts the node status every `report` and checks the
+    /// runtime and the host's pressure every `runtime_check`, posting at once when the
+    /// node's conditions changed.
+    async fn run(self) {
+        let mut lease = tokio::time::interval(self.renew);
+        let mut status = tokio::time::interval(self.report);
+        let mut check = tokio::time::interval(self.runtime_check);
+        let mut failing = false;
+        let mut runtime_ready = None;
+        loop {
+            let res = tokio::select! {
+                _ = lease.tick() => self.writer.renew(&*self.clock, &self.facts.name).await,
+                _ = status.tick() => self.post_status().await,
+                _ = check.tick() => {
+                    let ready_changed = self.check_runtime(&mut runtime_ready).await;
+                    if !(self.check_pressure() || ready_changed) {
+                        continue;
+                    }
+                    self.post_status().await
                 }
-            }
-            Err(err) => {
-                if !failing {
-                    warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
+            };
+            match res {
+                Ok(()) if failing => {
+                    info!("heartbeats reach the server again");
+                    failing = false;
                 }
-                failing = true;
+                Ok(()) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    // The Node or Lease is gone (deleted, or never registered offline): register.
+                    let health = self.health.borrow().clone();
+                    if let Err(err) = self
+                        .writer
+                        .register(&*self.clock, &self.facts, &health)
+                        .await
+                    {
+                        debug!(%err, "registration failed; retried");
+                    }
+                }
+                Err(err) => {
+                    if !failing {
+                        warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
+                    }
+                    failing = true;
+                }
             }
         }
     }
+
+    async fn post_status(&self) -> Result<(), kube::Error> {
+        let previous = self.cache.get::<Node>(&self.facts.name);
+        let health = self.health.borrow().clone();
+        self.writer
+            .post_status(&*self.clock, &self.facts, &health, previous.as_deref())
+            .await
+            .map(|_| ())
+    }
+
+    /// Samples the host and updates the pressure conditions, with kubelet's node events on
+    /// each change; returns whether one changed.
+    fn check_pressure(&self) -> bool {
+        let now = self
+            .thresholds
+            .pressure(&crate::pressure::sample(&self.data_dir));
+        let before = {
+            let h = self.health.borrow();
+            crate::pressure::Pressure {
+                memory: h.memory_pressure,
+                disk: h.disk_pressure,
+                pid: h.pid_pressure,
+            }
+        };
+        if now == before {
+            return false;
+        }
+        let name = &self.facts.name;
+        for (was, is, on, off) in [
+            (
+                before.memory,
+                now.memory,
+                "NodeHasInsufficientMemory",
+                "NodeHasSufficientMemory",
+            ),
+            (
+                before.disk,
+                now.disk,
+                "NodeHasDiskPressure",
+                "NodeHasNoDiskPressure",
+            ),
+            (
+                before.pid,
+                now.pid,
+                "NodeHasInsufficientPID",
+                "NodeHasSufficientPID",
+            ),
+        ] {
+            if was != is {
+                let reason = if is { on } else { off };
+                warn!(reason, "node pressure changed");
+                self.reporter.node_event(
+                    EventType::Normal,
+                    reason,
+                    format!("Node {name} status is now: {reason}"),
+                );
+            }
+        }
+        self.health.send_modify(|h| {
+            h.memory_pressure = now.memory;
+            h.disk_pressure = now.disk;
+            h.pid_pressure = now.pid;
+        });
+        true
+    }
+
+    /// Checks the runtime and updates the health; returns whether the Ready condition
+    /// changed (and so the status must be posted now). A change of readiness is logged and
+    /// recorded as node events, as kubelet records `NodeReady`/`NodeNotReady`.
+    /// `was` is the readiness last checked (`None` before the first check), updated here.
+    async fn check_runtime(&self, was: &mut Option<bool>) -> bool {
+        let ready = runtime_health(&self.runtime)
+            .await
+            .map_err(|message| ("KubeletNotReady".to_owned(), message));
+        debug!(?ready, "container runtime checked");
+        let was_ready = was.replace(ready.is_ok());
+        let changed = self.health.send_if_modified(|h| {
+            let changed = h.ready != ready;
+            h.ready = ready.clone();
+            changed
+        });
+        let name = &self.facts.name;
+        match &ready {
+            Err((_, message)) if was_ready != Some(false) => {
+                warn!(%message, "the node is NotReady until the container runtime answers again; pods are retried");
+                self.reporter.node_event(
+                    EventType::Warning,
+                    "ContainerRuntimeDown",
+                    message.clone(),
+                );
+                self.reporter.node_event(
+                    EventType::Normal,
+                    "NodeNotReady",
+                    format!("Node {name} status is now: NodeNotReady"),
+                );
+            }
+            Ok(()) if was_ready != Some(true) => {
+                if was_ready.is_some() {
+                    info!("the container runtime answers again; the node is Ready");
+                }
+                self.reporter.node_event(
+                    EventType::Normal,
+                    "NodeReady",
+                    format!("Node {name} status is now: NodeReady"),
+                );
+            }
+            _ => {}
+        }
+        changed
+    }
+}
+
+/// The runtime's health in kubelet's words: `Err(message)` when CRI `Status` fails or a
+/// condition the node needs (`RuntimeReady`, `NetworkReady`) is false.
+async fn runtime_health(runtime: &CriRuntime) -> Result<(), String> {
+    let conditions = match tokio::time::timeout(RUNTIME_STATUS_TIMEOUT, runtime.runtime_status())
+        .await
+    {
+        Err(_) => {
+            return Err(format!(
+                "container runtime is down: CRI Status at {} did not answer within {RUNTIME_STATUS_TIMEOUT:?}",
+                runtime.socket().display()
+            ));
+        }
+        Ok(Err(err)) => return Err(format!("container runtime is down: {err}")),
+        Ok(Ok(conditions)) => conditions,
+    };
+    for (kind, what) in [
+        ("RuntimeReady", "container runtime not ready"),
+        ("NetworkReady", "container runtime network not ready"),
+    ] {
+        match conditions.iter().find(|c| c.r#type == kind) {
+            Some(c) if c.status => {}
+            Some(c) => {
+                return Err(format!(
+                    "{what}: {kind}=false reason:{} message:{}",
+                    c.reason, c.message
+                ));
+            }
+            None => return Err(format!("{what}: the runtime reports no {kind} condition")),
+        }
+    }
+    Ok(())
 }
 
 /// `edgesite agent --cleanup`: removes everything the agent made on the host — its pods

@@ -175,6 +175,15 @@ impl CriRuntime {
         })
     }
 
+    /// The runtime's conditions (CRI `Status`: `RuntimeReady`, `NetworkReady`), which the
+    /// node's Ready condition follows as kubelet's runtime-state check does.
+    pub async fn runtime_status(&self) -> Result<Vec<cri::RuntimeCondition>> {
+        let req = cri::StatusRequest { verbose: false };
+        let resp = self.runtime.clone().status(req).await;
+        let resp = resp.map_err(self.failed("Status"))?.into_inner();
+        Ok(resp.status.map(|s| s.conditions).unwrap_or_default())
+    }
+
     /// The CRI socket.
     pub fn socket(&self) -> &Path {
         &self.socket

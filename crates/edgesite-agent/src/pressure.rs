@@ -4,9 +4,18 @@
 //! (`pid.available<10%` of `kernel.pid_max`; kubelet has none by default).
 //!
 //! [`sample`] reads the host; [`Thresholds::pressure`] is pure, so the decisions are tested on
-//! numbers.
+//! numbers. The thresholds are set as kubelet's `--eviction-hard`
+//! (`memory.available<200Mi,nodefs.available<5%`); a signal not named keeps its default.
 
 use std::path::Path;
+use std::str::FromStr;
+
+/// A `--eviction-hard` value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "bad eviction threshold {0:?}: want SIGNAL<AMOUNT, comma-separated, with SIGNAL one of memory.available (a quantity like 100Mi), nodefs.available, nodefs.inodesFree, pid.available (a percentage like 10%)"
+)]
+pub struct BadThreshold(pub String);
 
 /// What the host has, as read at one moment; `None` for what could not be read (which never
 /// counts as pressure).
@@ -44,6 +53,38 @@ impl Default for Thresholds {
             inodes_free_percent: 5,
             pids_available_percent: 10,
         }
+    }
+}
+
+impl FromStr for Thresholds {
+    type Err = BadThreshold;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut t = Thresholds::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || BadThreshold(item.to_owned());
+            let (signal, amount) = item.split_once('<').ok_or_else(bad)?;
+            let percent = || {
+                amount
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .filter(|&p| p <= 100)
+                    .ok_or_else(bad)
+            };
+            match signal.trim() {
+                "memory.available" => {
+                    let q = edgesite_api::quantity::Quantity::from_str(amount.trim())
+                        .map_err(|_| bad())?;
+                    t.memory_available = u64::try_from(q.value()).map_err(|_| bad())?;
+                }
+                "nodefs.available" => t.disk_available_percent = percent()?,
+                "nodefs.inodesFree" => t.inodes_free_percent = percent()?,
+                "pid.available" => t.pids_available_percent = percent()?,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(t)
     }
 }
 
@@ -205,6 +246,45 @@ mod tests {
         ];
         for (sample, want) in cases {
             assert_eq!(t.pressure(&sample), want, "{sample:?}");
+        }
+    }
+
+    #[test]
+    fn eviction_hard_sets_the_named_signals_and_keeps_the_others() {
+        let t: Thresholds = "memory.available<200Mi, nodefs.available<5%"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            t,
+            Thresholds {
+                memory_available: 200 * MI,
+                disk_available_percent: 5,
+                ..Thresholds::default()
+            }
+        );
+        let t: Thresholds = "nodefs.inodesFree<1%,pid.available<20%,memory.available<1G"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (
+                t.inodes_free_percent,
+                t.pids_available_percent,
+                t.memory_available
+            ),
+            (1, 20, 1_000_000_000)
+        );
+        assert_eq!("".parse::<Thresholds>(), Ok(Thresholds::default()));
+        for bad in [
+            "memory.available>1Gi",
+            "memory.available<lots",
+            "memory.available<-1Gi",
+            "nodefs.available<5",
+            "nodefs.available<101%",
+            "imagefs.available<15%",
+            "nodefs.available",
+        ] {
+            let err = bad.parse::<Thresholds>().unwrap_err();
+            assert!(err.to_string().contains("SIGNAL<AMOUNT"), "{bad}: {err}");
         }
     }
 

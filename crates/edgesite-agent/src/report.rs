@@ -239,6 +239,44 @@ impl Reporter for ApiReporter {
             "count": 1,
         }));
         let Ok(ev) = ev else { return };
+        self.push_event(ev);
+    }
+
+    fn pod_terminated(&self, pod: &Pod) {
+        self.queue().terminated.push(PodId::of(pod));
+        self.ready.notify_one();
+    }
+}
+
+impl ApiReporter {
+    /// Queues an event about the node itself (runtime down, an image that cannot be
+    /// imported), as kubelet records them: in `default`, the involved object the Node with
+    /// its name as uid.
+    pub fn node_event(&self, kind: EventType, reason: &str, message: String) {
+        let now = edgesite_node::time_now(&*self.clock);
+        let suffix = edgesite_clock::random::name_suffix(10);
+        let node = &self.node_name;
+        let ev: Result<Event, _> = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{node}.{suffix}"), "namespace": "default"},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
+            "reason": reason,
+            "message": message,
+            "type": kind.as_str(),
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }));
+        if let Ok(ev) = ev {
+            self.push_event(ev);
+        }
+    }
+
+    fn push_event(&self, ev: Event) {
         let mut q = self.queue();
         if q.events.len() >= MAX_EVENTS {
             q.events.pop_front();
@@ -246,11 +284,6 @@ impl Reporter for ApiReporter {
         }
         q.events.push_back(ev);
         drop(q);
-        self.ready.notify_one();
-    }
-
-    fn pod_terminated(&self, pod: &Pod) {
-        self.queue().terminated.push(PodId::of(pod));
         self.ready.notify_one();
     }
 }
@@ -293,5 +326,22 @@ mod tests {
         let ev = q.events.back().unwrap();
         assert_eq!(ev.involved_object.uid.as_deref(), Some("u1"));
         assert_eq!(ev.source.as_ref().unwrap().host.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn a_node_event_names_the_node_in_default() {
+        let r = ApiReporter::new("n1", Arc::new(edgesite_clock::SystemClock));
+        r.node_event(
+            EventType::Warning,
+            "ImageImportFailed",
+            "bad.tar: not a tar".into(),
+        );
+        let q = r.queue();
+        let ev = q.events.back().unwrap();
+        assert_eq!(ev.namespace().as_deref(), Some("default"));
+        assert_eq!(ev.involved_object.kind.as_deref(), Some("Node"));
+        assert_eq!(ev.involved_object.name.as_deref(), Some("n1"));
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(ev.reason.as_deref(), Some("ImageImportFailed"));
     }
 }

@@ -87,6 +87,11 @@ struct NodeArgs {
     /// Use this containerd (its CRI socket) instead of the agent's own managed containerd.
     #[arg(long)]
     containerd_address: Option<PathBuf>,
+    /// When the node reports MemoryPressure, DiskPressure and PIDPressure, as kubelet's flag:
+    /// `memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,pid.available<10%`
+    /// (the defaults; a signal not named keeps its default).
+    #[arg(long, default_value = "")]
+    eviction_hard: edgesite_agent::pressure::Thresholds,
 }
 
 #[derive(Debug, clap::Args)]
@@ -379,6 +384,7 @@ fn agent_config(
     let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
     let mut config = edgesite_agent::agent::AgentConfig::new(server, &node_name, data_dir, node_ip);
     config.containerd_address = node.containerd_address;
+    config.pressure = node.eviction_hard;
     Ok(config)
 }
 
