@@ -201,6 +201,28 @@ fn kubectl_and_python_drive_workloads_on_a_real_node() -> Result<()> {
         started.elapsed()
     );
 
+    // 29 without a terminal: the Python client's TTY exec, resized on channel 4, and what
+    // `stty size` reports.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tty_resize.py");
+    let started = Instant::now();
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&site.kubeconfig)
+        .args(["p", "main"])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("HOME", site.home.path())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "the Python client's TTY exec failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "FIGURE node_kubectl python tty exec with two resizes: {:?}",
+        started.elapsed()
+    );
+
     // 32: the Service's endpoints are the pods' IPs, and those answer from the host.
     k(&["expose", "deploy", "web2", "--port=80"])?;
     let ips = pod_ips(&site, "app=web2")?;
