@@ -1,7 +1,8 @@
 //! System tests of a real node driven by the real kubectl and the real Python kubernetes
 //! client: `edgesite up` with its managed containerd and the busybox image, then the `[N]`
 //! checks of the API compatibility reference (§6: deployments and rollouts, wait, describe,
-//! logs, exec, cp, port-forward, expose, drain, Python exec and port-forward) and the pod
+//! logs, exec, `exec -it` with a resize in a pty from util-linux `script`, cp, port-forward,
+//! expose, drain, top, Python exec with and without a TTY and port-forward) and the pod
 //! lifecycle as a node shows it (probes, back-offs, a missing image, a memory limit in the
 //! cgroup, graceful deletion with preStop). Each test starts one site and checks many things
 //! in sequence; timings are printed as FIGURE lines.
@@ -220,6 +221,43 @@ fn kubectl_and_python_drive_workloads_on_a_real_node() -> Result<()> {
     );
     eprintln!(
         "FIGURE node_kubectl python tty exec with two resizes: {:?}",
+        started.elapsed()
+    );
+
+    // 29: `kubectl exec -it` in a pseudo-terminal (util-linux `script`): a shell reading
+    // what is typed, the terminal's size at the start and after a resize (the background
+    // `stty` changes the pty's size, kubectl gets SIGWINCH and sends it), the exit code.
+    let typed = site.file(
+        "typed",
+        "echo typed-$((6*7)); stty size; sleep 3; stty size\nexit 7\n",
+    )?;
+    let line = format!(
+        "stty rows 30 cols 100; (sleep 2; stty rows 40 cols 120 </dev/tty) & {KUBECTL} --kubeconfig {} exec -it p -- sh",
+        site.kubeconfig.display()
+    );
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("HOME", site.home.path())
+        .env_remove("KUBECONFIG")
+        .stdin(std::fs::File::open(&typed)?)
+        .output()
+        .context("util-linux script")?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    println!("exec -it: {:?} {shown:?}", out.status);
+    ensure!(
+        shown.contains("/ # "),
+        "an interactive shell's prompt: {shown:?}"
+    );
+    ensure!(shown.contains("typed-42"), "{shown:?}");
+    let sizes = shown.find("30 100").zip(shown.find("40 120"));
+    ensure!(
+        sizes.is_some_and(|(a, b)| a < b),
+        "stty size 30 100, then 40 120: {shown:?}"
+    );
+    ensure!(out.status.code() == Some(7), "{:?}", out.status);
+    eprintln!(
+        "FIGURE node_kubectl exec -it session with a resize (3 s sleep inside): {:?}",
         started.elapsed()
     );
 
