@@ -409,14 +409,7 @@ fn kubectl_and_python_drive_workloads_on_a_real_node() -> Result<()> {
         "{pending}"
     );
 
-    site.stop()?;
-    let out = cleanup(&site.agent_dir)?;
-    ensure!(
-        out.status.success(),
-        "cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    stop_and_clean_up(&mut site)
 }
 
 /// Pods of the lifecycle test; `HOSTPATH` is replaced by a directory the test reads.
@@ -642,6 +635,11 @@ fn a_real_node_runs_the_pod_lifecycle() -> Result<()> {
         Ok((!left.is_empty()).then(|| left.join(" ")))
     })?;
 
+    stop_and_clean_up(&mut site)
+}
+
+/// Stops the site; its agent's cleanup then leaves no process, mount or directory behind.
+fn stop_and_clean_up(site: &mut Site) -> Result<()> {
     site.stop()?;
     let out = cleanup(&site.agent_dir)?;
     ensure!(
@@ -649,6 +647,9 @@ fn a_real_node_runs_the_pod_lifecycle() -> Result<()> {
         "cleanup: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    ensure!(!site.agent_dir.exists(), "the agent's directory is gone");
+    let left = edgesite_testkit::containerd::leftovers_under(site.dir.path());
+    ensure!(left.is_empty(), "left behind: {left:?}");
     Ok(())
 }
 
