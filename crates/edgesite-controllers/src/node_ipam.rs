@@ -4,7 +4,7 @@
 //! once its node is gone (the allocation is read back from the nodes, so a restart or a
 //! failover loses nothing). Nodes that chose their own (hollow nodes) keep theirs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -92,8 +92,8 @@ struct Context {
     client: Client,
     cidr: ClusterCidr,
     inf: Informers,
-    /// Indexes handed out whose nodes the cache may not show yet.
-    pending: Mutex<BTreeSet<u32>>,
+    /// Indexes handed out, by node, that the cache may not show yet.
+    pending: Mutex<BTreeMap<String, u32>>,
 }
 
 /// Runs the allocator until the returned future is dropped.
@@ -103,7 +103,7 @@ pub async fn run(client: Client, cidr: ClusterCidr, inf: &Informers) {
         client,
         cidr,
         inf: inf.clone(),
-        pending: Mutex::new(BTreeSet::new()),
+        pending: Mutex::new(BTreeMap::new()),
     });
     queue::run_controller("node-ipam", controller, reconcile, ctx).await;
 }
@@ -113,39 +113,55 @@ pub fn first_free(capacity: u32, used: &BTreeSet<u32>) -> Option<u32> {
     (0..capacity).find(|i| !used.contains(i))
 }
 
+/// The index for `node`: the one already handed out to it and not yet seen in the cache (a
+/// reconcile that still sees the node without its CIDR must not give it a second one), else
+/// the lowest free. Forgets pending indexes the cache (`used`) now shows.
+fn choose(
+    pending: &mut BTreeMap<String, u32>,
+    used: &BTreeSet<u32>,
+    node: &str,
+    capacity: u32,
+) -> Option<u32> {
+    pending.retain(|_, i| !used.contains(i));
+    if let Some(&i) = pending.get(node) {
+        return Some(i);
+    }
+    let mut taken = used.clone();
+    taken.extend(pending.values().copied());
+    let i = first_free(capacity, &taken)?;
+    pending.insert(node.to_owned(), i);
+    Some(i)
+}
+
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let has = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref())
-        .is_some_and(|c| !c.is_empty());
-    if has || node.metadata.deletion_timestamp.is_some() {
+    let cidr_of = |n: &Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.clone())
+            .filter(|c| !c.is_empty())
+    };
+    if cidr_of(&node).is_some() || node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let chosen = {
         let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut used: BTreeSet<u32> = ctx
-            .inf
-            .nodes
-            .store()
-            .state()
+        // One snapshot for both: the node's latest copy (the event's may predate our patch)
+        // and what is taken.
+        let nodes = ctx.inf.nodes.store().state();
+        if nodes
             .iter()
-            .filter_map(|n| {
-                n.spec
-                    .as_ref()?
-                    .pod_cidr
-                    .as_deref()
-                    .and_then(|c| ctx.cidr.index_of(c))
-            })
+            .any(|n| n.name_any() == node.name_any() && cidr_of(n).is_some())
+        {
+            return Ok(Action::await_change());
+        }
+        let used: BTreeSet<u32> = nodes
+            .iter()
+            .filter_map(|n| ctx.cidr.index_of(&cidr_of(n)?))
             .collect();
-        // What the cache shows allocated is no longer pending.
-        pending.retain(|i| !used.contains(i));
-        used.extend(pending.iter().copied());
-        let Some(i) = first_free(ctx.cidr.capacity(), &used) else {
+        let Some(i) = choose(&mut pending, &used, &node.name_any(), ctx.cidr.capacity()) else {
             warn!(node = %node.name_any(), "the cluster CIDR is exhausted; the node gets no pod CIDR");
             return Ok(Action::requeue(std::time::Duration::from_secs(60)));
         };
-        pending.insert(i);
         i
     };
     let cidr = ctx.cidr.nth(chosen);
@@ -183,5 +199,20 @@ mod tests {
         let used: BTreeSet<u32> = [0, 1, 3].into();
         assert_eq!(first_free(256, &used), Some(2));
         assert_eq!(first_free(2, &[0, 1].into()), None);
+    }
+
+    #[test]
+    fn a_node_reconciled_again_before_the_cache_shows_its_cidr_keeps_it() {
+        let mut pending = BTreeMap::new();
+        let none = BTreeSet::new();
+        assert_eq!(choose(&mut pending, &none, "a", 4), Some(0));
+        // The node's own update arrives before the patch: still no CIDR in the cache.
+        assert_eq!(choose(&mut pending, &none, "a", 4), Some(0));
+        assert_eq!(choose(&mut pending, &none, "b", 4), Some(1));
+        // Once the cache shows a's, it is no longer pending; c gets the next free.
+        assert_eq!(choose(&mut pending, &[0].into(), "c", 4), Some(2));
+        assert_eq!(pending.len(), 2);
+        assert_eq!(choose(&mut pending, &[0, 1, 2].into(), "d", 4), Some(3));
+        assert_eq!(choose(&mut pending, &[0, 1, 2, 3].into(), "e", 4), None);
     }
 }

@@ -6,122 +6,24 @@
 #![allow(clippy::disallowed_methods)] // tests wait and measure in real time
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 
 mod support;
-use support::{Running, eventually, kubectl, kubectl_output, terminate};
-
-/// Kills the process and removes what the agent made, whatever the test's outcome.
-struct Site {
-    running: Option<Running>,
-    agent_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if let Some(mut r) = self.running.take() {
-            let _ = r.kill();
-            {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(60).collect();
-                eprintln!("--- edgesite up log (last lines) ---");
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        let _ = cleanup(&self.agent_dir);
-    }
-}
-
-fn cleanup(agent_dir: &Path) -> Result<std::process::Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_edgesite"))
-        .args(["agent", "--cleanup", "--data-dir"])
-        .arg(agent_dir)
-        .output()?)
-}
-
-fn prerequisites() -> Result<()> {
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "the agent test needs root (containerd mounts overlays, CNI makes a bridge)"
-    );
-    for (bin, package) in [
-        ("/usr/bin/containerd", "containerd"),
-        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
-        ("/usr/bin/ctr", "containerd"),
-    ] {
-        ensure!(
-            Path::new(bin).exists(),
-            "{bin} is missing: install the Debian package `{package}` (run `scripts/setup`)"
-        );
-    }
-    Ok(())
-}
+use support::site::{Site, cleanup};
+use support::{eventually, kubectl_output};
 
 #[test]
 fn edgesite_up_runs_a_real_pod_and_cleanup_leaves_nothing() -> Result<()> {
-    prerequisites()?;
-    // Under /tmp: containerd's socket paths must stay short.
-    let dir = tempfile::Builder::new()
-        .prefix("es-up-")
-        .tempdir_in("/tmp")?;
-    let home = tempfile::tempdir()?;
-    let data = dir.path().join("d");
-    let agent_dir = data.join("agent");
-    let images = agent_dir.join("images");
-    std::fs::create_dir_all(&images)?;
-    edgesite_testkit::busybox_image(&images, "edgesite.io/busybox:1");
-    let log = dir.path().join("up.log");
-    let kubeconfig = data.join("admin.kubeconfig");
-
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_edgesite"))
-        .args(["up", "--bind-address", "127.0.0.1", "--secure-port", "0"])
-        .args([
-            "--node-name",
-            "edge-up",
-            "--node-ip",
-            "127.0.0.1",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("cannot start edgesite up")?;
-    let mut site = Site {
-        running: Some(Running { child }),
-        agent_dir: agent_dir.clone(),
-        log: log.clone(),
-    };
-    let k = |args: &[&str]| kubectl(home.path(), &kubeconfig, args);
-    eventually(30, "the admin kubeconfig", || {
-        Ok((!kubeconfig.exists()).then(|| "none yet".to_owned()))
-    })?;
-    eventually(60, "node edge-up Ready", || {
-        let out = kubectl_output(
-            home.path(),
-            &kubeconfig,
-            &[
-                "get",
-                "node",
-                "edge-up",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        )?;
-        Ok((out.stdout.trim() != "True").then(|| format!("{} {}", out.stdout, out.stderr)))
-    })?;
-    println!(
-        "figure: edgesite up → node Ready in {:?}",
-        started.elapsed()
-    );
+    let mut site = Site::start("edge-up", &[], &[])?;
+    let dir = site.dir.path().to_owned();
+    let home = site.home.path().to_owned();
+    let kubeconfig = site.kubeconfig.clone();
+    let agent_dir = site.agent_dir.clone();
+    let k = |args: &[&str]| site.kubectl(args);
+    let ready = site.wait_node_ready(60)?;
+    println!("figure: edgesite up → node Ready in {ready:?}");
     let node: serde_json::Value =
         serde_json::from_str(&k(&["get", "node", "edge-up", "-o", "json"])?)?;
     let cidr = node["spec"]["podCIDR"]
@@ -145,7 +47,7 @@ fn edgesite_up_runs_a_real_pod_and_cleanup_leaves_nothing() -> Result<()> {
         "{wide}"
     );
 
-    let manifest = dir.path().join("pod.yaml");
+    let manifest = dir.join("pod.yaml");
     std::fs::write(
         &manifest,
         r#"apiVersion: v1
@@ -226,11 +128,10 @@ spec:
         "figure: graceful delete (SIGTERM trapped) {:?}",
         deleting.elapsed()
     );
-    let left = kubectl_output(home.path(), &kubeconfig, &["get", "pod", "web"])?;
+    let left = kubectl_output(&home, &kubeconfig, &["get", "pod", "web"])?;
     assert!(left.stderr.contains("NotFound"), "{left:?}");
 
-    let running = site.running.take().context("still running")?;
-    terminate(running, &log)?;
+    site.stop()?;
     let out = cleanup(&agent_dir)?;
     ensure!(
         out.status.success(),
@@ -238,7 +139,7 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!agent_dir.exists(), "the agent's directory is gone");
-    let left = edgesite_testkit::containerd::leftovers_under(dir.path());
+    let left = edgesite_testkit::containerd::leftovers_under(&dir);
     assert!(left.is_empty(), "left behind: {left:?}");
     Ok(())
 }

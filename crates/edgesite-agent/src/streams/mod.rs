@@ -234,7 +234,11 @@ fn stream_flags(query: &[(String, String)]) -> (bool, bool, bool, bool) {
             .iter()
             .any(|(k, v)| k == name && matches!(v.as_str(), "true" | "1"))
     };
-    (flag("stdin"), flag("stdout"), flag("stderr"), flag("tty"))
+    let tty = flag("tty");
+    // A terminal has one output: as kubelet does, a TTY stream drops stderr rather than
+    // passing both to the runtime, which refuses them ("tty and stderr cannot both be true";
+    // the Python client asks for both).
+    (flag("stdin"), flag("stdout"), flag("stderr") && !tty, tty)
 }
 
 /// The containers of one pod's container, newest attempt first.
@@ -488,5 +492,13 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(stream_flags(&q), (true, false, false, false));
+    }
+
+    #[test]
+    fn a_tty_stream_drops_stderr() {
+        let q = query_pairs("stdin=true&stdout=true&stderr=true&tty=true");
+        assert_eq!(stream_flags(&q), (true, true, false, true));
+        let q = query_pairs("stdout=true&stderr=true");
+        assert_eq!(stream_flags(&q), (false, true, true, false));
     }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub mod site;
+
 /// The real kubectl.
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
