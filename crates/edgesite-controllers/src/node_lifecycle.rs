@@ -43,6 +43,13 @@ pub const AUTONOMY_ANNOTATION: &str = "edgesite.io/autonomy-duration";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// The taint of a node whose kubelet reports it not ready (`Ready` is `False`).
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// The `NoSchedule` taints of a node whose kubelet reports a pressure condition `True`
+/// (upstream's TaintNodesByCondition), by condition.
+pub const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 /// Where kubelets renew their heartbeat Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
@@ -618,7 +625,9 @@ fn node_taints(node: &Node) -> Vec<Taint> {
 }
 
 fn is_managed_taint(key: &str) -> bool {
-    key == TAINT_UNREACHABLE || key == TAINT_NOT_READY
+    key == TAINT_UNREACHABLE
+        || key == TAINT_NOT_READY
+        || PRESSURE_TAINTS.iter().any(|(_, k)| *k == key)
 }
 
 /// The conditions of a node whose kubelet went silent, if any still needs changing: each
@@ -660,35 +669,43 @@ fn unknown_conditions(node: &Node, now: SystemTime) -> Option<Vec<Value>> {
     changed.then_some(out)
 }
 
-/// The node's taints with the unreachable / not-ready pair matching its `Ready` condition, if
-/// that differs from what it carries. Other taints are kept as they are, and so is the time a
-/// kept taint was added.
+/// The node's taints with the unreachable / not-ready pair matching its `Ready` condition and
+/// a `NoSchedule` taint per pressure condition that is `True`, if that differs from what it
+/// carries. Other taints are kept as they are, and so is the time a kept taint was added. A
+/// node that never reported `Ready` is left alone.
 fn wanted_taints(node: &Node, now: SystemTime) -> Option<Vec<Taint>> {
     let current = node_taints(node);
-    let key = match node_ready_status(node)? {
+    let ready_key = match node_ready_status(node)? {
         "Unknown" => Some(TAINT_UNREACHABLE),
         "False" => Some(TAINT_NOT_READY),
         _ => None,
     };
+    let mut wanted: Vec<(&str, &str)> = ready_key
+        .map(|k| vec![(k, "NoSchedule"), (k, "NoExecute")])
+        .unwrap_or_default();
+    // While the node is unreachable its pressure conditions are Unknown: no pressure taint.
+    for (condition, key) in PRESSURE_TAINTS {
+        if edgesite_api::predicates::node_condition(node, condition)
+            .is_some_and(|c| c.status == "True")
+        {
+            wanted.push((key, "NoSchedule"));
+        }
+    }
     let mut out: Vec<Taint> = current
         .iter()
         .filter(|t| {
-            !is_managed_taint(&t.key)
-                || (Some(t.key.as_str()) == key
-                    && matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+            !is_managed_taint(&t.key) || wanted.contains(&(t.key.as_str(), t.effect.as_str()))
         })
         .cloned()
         .collect();
-    if let Some(key) = key {
-        for effect in ["NoSchedule", "NoExecute"] {
-            if !out.iter().any(|t| t.key == key && t.effect == effect) {
-                out.push(Taint {
-                    key: key.to_owned(),
-                    effect: effect.to_owned(),
-                    time_added: Some(time(now)),
-                    value: None,
-                });
-            }
+    for (key, effect) in wanted {
+        if !out.iter().any(|t| t.key == key && t.effect == effect) {
+            out.push(Taint {
+                key: key.to_owned(),
+                effect: effect.to_owned(),
+                time_added: Some(time(now)),
+                value: None,
+            });
         }
     }
     (out != current).then_some(out)
@@ -851,6 +868,52 @@ mod tests {
         assert_eq!(swapped.len(), 2);
         assert_eq!(wanted_taints(&node("True", tainted), now), Some(vec![]));
         assert!(wanted_taints(&node("True", Value::Null), now).is_none());
+    }
+
+    #[test]
+    fn pressure_conditions_taint_no_schedule_and_untaint_when_gone() {
+        let now = SystemTime::now();
+        let node = |disk: &str, pid: &str, taints: Value| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": "n"},
+                "spec": {"taints": taints},
+                "status": {"conditions": [
+                    {"type": "Ready", "status": "True"},
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "DiskPressure", "status": disk},
+                    {"type": "PIDPressure", "status": pid}]}}))
+            .unwrap()
+        };
+        let keys = |ts: Vec<Taint>| -> Vec<(String, String)> {
+            ts.into_iter().map(|t| (t.key, t.effect)).collect()
+        };
+        let disk = (
+            "node.kubernetes.io/disk-pressure".to_owned(),
+            "NoSchedule".to_owned(),
+        );
+        let pid = (
+            "node.kubernetes.io/pid-pressure".to_owned(),
+            "NoSchedule".to_owned(),
+        );
+        assert_eq!(
+            keys(wanted_taints(&node("True", "False", Value::Null), now).unwrap()),
+            vec![disk.clone()]
+        );
+        assert_eq!(
+            keys(wanted_taints(&node("True", "True", Value::Null), now).unwrap()),
+            vec![disk.clone(), pid]
+        );
+        let tainted = json!([{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"},
+                             {"key": "mine", "effect": "NoSchedule"}]);
+        assert!(wanted_taints(&node("True", "False", tainted.clone()), now).is_none());
+        assert_eq!(
+            keys(wanted_taints(&node("False", "False", tainted.clone()), now).unwrap()),
+            vec![("mine".into(), "NoSchedule".into())]
+        );
+        // Unknown pressure (a silent node) is no pressure taint.
+        assert_eq!(
+            keys(wanted_taints(&node("Unknown", "Unknown", tainted), now).unwrap()),
+            vec![("mine".into(), "NoSchedule".into())]
+        );
     }
 
     #[test]

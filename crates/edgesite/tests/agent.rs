@@ -157,3 +157,76 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// A node short of disk (here: any disk use counts, `--eviction-hard nodefs.available<100%`)
+/// reports `DiskPressure`, records kubelet's node event, is tainted `disk-pressure:NoSchedule`,
+/// and new pods are not scheduled to it; Ready stays True.
+#[test]
+fn a_node_short_of_disk_reports_disk_pressure_and_takes_no_new_pods() -> Result<()> {
+    let mut site = Site::start(
+        "edge-dp",
+        &[
+            "--eviction-hard",
+            "nodefs.available<100%",
+            "--cluster-cidr",
+            "10.79.0.0/16",
+        ],
+        &[],
+    )?;
+    site.wait_node_ready(60)?;
+    let condition = |kind: &str| -> Result<String> {
+        site.kubectl(&[
+            "get",
+            "node",
+            "edge-dp",
+            "-o",
+            &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].status}}"),
+        ])
+    };
+    eventually(30, "DiskPressure True", || {
+        let now = condition("DiskPressure")?;
+        Ok((now != "True").then_some(now))
+    })?;
+    assert_eq!(condition("Ready")?, "True");
+    assert_eq!(condition("MemoryPressure")?, "False");
+    eventually(30, "the disk-pressure taint", || {
+        let taints = site.kubectl(&["get", "node", "edge-dp", "-o", "jsonpath={.spec.taints}"])?;
+        Ok((!taints.contains("node.kubernetes.io/disk-pressure")).then_some(taints))
+    })?;
+    eventually(30, "the NodeHasDiskPressure event", || {
+        let events = site.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Node,reason=NodeHasDiskPressure",
+            "-o",
+            "name",
+        ])?;
+        Ok(events.trim().is_empty().then(|| "none yet".to_owned()))
+    })?;
+    site.kubectl(&[
+        "run",
+        "late",
+        "--image=edgesite.io/busybox:1",
+        "--restart=Never",
+        "--",
+        "true",
+    ])?;
+    eventually(30, "a FailedScheduling event naming the taint", || {
+        let events = site.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=late,reason=FailedScheduling",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        Ok((!events.contains("disk-pressure")).then_some(events))
+    })?;
+    assert_eq!(
+        site.kubectl(&["get", "pod", "late", "-o", "jsonpath={.status.phase}"])?,
+        "Pending"
+    );
+    site.stop()?;
+    Ok(())
+}
