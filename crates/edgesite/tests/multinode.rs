@@ -17,43 +17,8 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 mod support;
-use support::{Running, eventually, kubectl, kubectl_output, start_server};
-
-fn prerequisites() -> Result<()> {
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "the multi-node test needs root (containerd mounts overlays, CNI makes bridges)"
-    );
-    for (bin, package) in [
-        ("/usr/bin/containerd", "containerd"),
-        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
-        ("/usr/lib/cni/host-local", "containernetworking-plugins"),
-        ("/usr/bin/ctr", "containerd"),
-    ] {
-        ensure!(
-            Path::new(bin).exists(),
-            "{bin} is missing: install the Debian package `{package}` (run `scripts/setup`)"
-        );
-    }
-    Ok(())
-}
-
-/// `edgesite agent --cleanup --data-dir dir`.
-fn cleanup(dir: &Path) -> Result<std::process::Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_edgesite"))
-        .args(["agent", "--cleanup", "--data-dir"])
-        .arg(dir)
-        .output()?)
-}
-
-fn print_tail(what: &str, log: &Path, lines: usize) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    eprintln!("--- {what} ({}), last lines ---", log.display());
-    for l in &all[all.len().saturating_sub(lines)..] {
-        eprintln!("{l}");
-    }
-}
+use support::site::{cleanup, prerequisites};
+use support::{Running, eventually, kubectl, kubectl_output, print_log_tail, start_server};
 
 /// One `edgesite server` and its agents; dropping it kills them (by PID), stops any external
 /// containerd, then removes what each agent made (`edgesite agent --cleanup`), whatever the
@@ -337,9 +302,9 @@ impl Drop for Site {
             }
         }
         if failing {
-            print_tail("server log", &self.dir.join("server.log"), 40);
+            print_log_tail("server log", &self.dir.join("server.log"), 40);
             for agent in &self.agents {
-                print_tail(&format!("agent {} log", agent.name), &agent.log, 60);
+                print_log_tail(&format!("agent {} log", agent.name), &agent.log, 60);
             }
         }
         drop(self.server.take());

@@ -667,37 +667,35 @@ fn eventually_value<T>(
     value.context("set when eventually returns")
 }
 
-/// Names of the pods matching `selector` that are not being deleted.
-fn pod_names(site: &Site, selector: &str) -> Result<Vec<String>> {
-    let list = site.get_json(&["pods", "-l", selector])?;
-    let mut names: Vec<String> = list["items"]
+/// `field` (a JSON pointer) of each pod `kubectl get pods ARGS` lists that is not being
+/// deleted, sorted.
+fn live_pod_field(site: &Site, args: &[&str], field: &str) -> Result<Vec<String>> {
+    let mut all = vec!["pods"];
+    all.extend(args);
+    let list = site.get_json(&all)?;
+    let mut out: Vec<String> = list["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .filter_map(|p| p.pointer(field).and_then(|v| v.as_str()).map(str::to_owned))
         .collect();
-    names.sort();
-    Ok(names)
+    out.sort();
+    Ok(out)
+}
+
+/// Names of the pods matching `selector` that are not being deleted.
+fn pod_names(site: &Site, selector: &str) -> Result<Vec<String>> {
+    live_pod_field(site, &["-l", selector], "/metadata/name")
 }
 
 /// IPs of the running pods matching `selector`, sorted.
 fn pod_ips(site: &Site, selector: &str) -> Result<Vec<String>> {
-    let list = site.get_json(&[
-        "pods",
-        "-l",
-        selector,
-        "--field-selector=status.phase=Running",
-    ])?;
-    let mut ips: Vec<String> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_owned))
-        .collect();
-    ips.sort();
-    Ok(ips)
+    live_pod_field(
+        site,
+        &["-l", selector, "--field-selector=status.phase=Running"],
+        "/status/podIP",
+    )
 }
 
 /// The ready addresses of Endpoints `name`, sorted.

@@ -12,6 +12,21 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 pub mod site;
 
+/// Prints the last `lines` lines of the log file `log` (named `what`), for a failed test.
+pub fn print_log_tail(what: &str, log: &Path, lines: usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    eprintln!(
+        "--- {what} ({}), last {} lines ---",
+        log.display(),
+        tail.len()
+    );
+    for l in tail {
+        eprintln!("{l}");
+    }
+}
+
 /// The real kubectl.
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -336,13 +351,7 @@ impl SystemCluster {
         let mut logs = vec!["server.log".to_owned()];
         logs.extend(self.sims.iter().map(|(p, _)| format!("sim-{p}.log")));
         for name in logs {
-            let text = std::fs::read_to_string(self.log(&name)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(80)..];
-            eprintln!("---- last {} lines of {name} ----", tail.len());
-            for l in tail {
-                eprintln!("{l}");
-            }
+            print_log_tail(&name, &self.log(&name), 80);
         }
     }
 }

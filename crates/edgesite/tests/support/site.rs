@@ -10,17 +10,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{KubectlOutput, Running, eventually, kubectl, kubectl_output, terminate};
+use super::{
+    KubectlOutput, Running, eventually, kubectl, kubectl_output, print_log_tail, terminate,
+};
 
 /// Checks what a real node needs; fails (never skips) when something is missing.
 pub fn prerequisites() -> Result<()> {
     ensure!(
         nix::unistd::geteuid().is_root(),
-        "the agent test needs root (containerd mounts overlays, CNI makes a bridge)"
+        "a test of a real node needs root (containerd mounts overlays, CNI makes bridges)"
     );
     for (bin, package) in [
         ("/usr/bin/containerd", "containerd"),
         ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+        ("/usr/lib/cni/host-local", "containernetworking-plugins"),
         ("/usr/bin/ctr", "containerd"),
     ] {
         ensure!(
@@ -160,13 +163,7 @@ impl Site {
     }
 
     fn print_log_tail(&self) {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(60)..];
-        eprintln!("--- edgesite up log (last {} lines) ---", tail.len());
-        for l in tail {
-            eprintln!("{l}");
-        }
+        print_log_tail("edgesite up log", &self.log, 60);
     }
 }
 
