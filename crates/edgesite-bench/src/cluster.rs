@@ -215,15 +215,15 @@ async fn loaded_figure(
 
 /// A child process of the bench, killed if still running when dropped.
 #[derive(Debug)]
-struct Process {
+pub(crate) struct Process {
     child: tokio::process::Child,
-    pid: u32,
+    pub(crate) pid: u32,
     log: PathBuf,
     what: &'static str,
 }
 
 impl Process {
-    fn spawn(
+    pub(crate) fn spawn(
         what: &'static str,
         bin: &Path,
         args: &[&std::ffi::OsStr],
@@ -248,7 +248,7 @@ impl Process {
         })
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -262,7 +262,7 @@ impl Process {
     }
 
     /// SIGTERM, then SIGKILL after 20 s.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid)?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
@@ -381,7 +381,7 @@ impl Site {
 }
 
 /// A kube-rs client from the server's admin kubeconfig.
-async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     // kube's rustls connector needs the process-wide crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
@@ -391,7 +391,7 @@ async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn node_ready(n: &Node) -> bool {
+pub(crate) fn node_ready(n: &Node) -> bool {
     n.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

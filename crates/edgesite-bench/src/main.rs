@@ -13,12 +13,14 @@
 //! cargo run --release -p edgesite-bench -- --only server [--quick]  # API server only
 //! cargo run --release -p edgesite-bench -- --only cluster [--quick] # scheduler, controllers, hollow nodes
 //! cargo run --release -p edgesite-bench -- --only scheduling [--quick] # scheduler throughput, in-process
+//! cargo run --release -p edgesite-bench -- --only node [--quick] # pod start, agent footprint (root)
 //! ```
 #![allow(clippy::disallowed_methods)] // a harness: it waits for and measures real processes
 
 mod backend;
 mod cluster;
 mod machine;
+mod node;
 mod report;
 mod scheduling;
 mod server;
@@ -127,6 +129,9 @@ enum Only {
     Cluster,
     /// the scheduler throughput figure (in-process server, 1000 hollow nodes, 10k pods)
     Scheduling,
+    /// the node figures of issue 11: pod start through the agent and straight through CRI,
+    /// the agent's and containerd's footprint, the binary size (needs root, containerd, CNI)
+    Node,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -157,6 +162,8 @@ enum FigureKind {
     ClusterIdle,
     /// scheduler: 10k pending pods bound on 1000 hollow nodes, pods/s
     Scheduling,
+    /// node: pod start (agent vs direct CRI), agent/containerd RSS and CPU, binary size
+    Node,
 }
 
 impl FigureKind {
@@ -178,7 +185,9 @@ impl FigureKind {
     const CLUSTER: [Self; 2] = [Self::ClusterRollout, Self::ClusterIdle];
 
     fn is_server(self) -> bool {
-        Self::SERVER.contains(&self) || Self::CLUSTER.contains(&self) || self == Self::Scheduling
+        Self::SERVER.contains(&self)
+            || Self::CLUSTER.contains(&self)
+            || matches!(self, Self::Scheduling | Self::Node)
     }
 }
 
@@ -209,7 +218,7 @@ impl Settings {
             backends: match cli.only {
                 Some(Only::Embedded) => vec![Kind::Embedded],
                 Some(Only::Etcd) => vec![Kind::Etcd],
-                Some(Only::Server | Only::Cluster | Only::Scheduling) => vec![],
+                Some(Only::Server | Only::Cluster | Only::Scheduling | Only::Node) => vec![],
                 None => vec![Kind::Embedded, Kind::Etcd],
             },
             figures: match (cli.figures.is_empty(), cli.only) {
@@ -217,6 +226,7 @@ impl Settings {
                 (true, Some(Only::Server)) => FigureKind::SERVER.to_vec(),
                 (true, Some(Only::Cluster)) => FigureKind::CLUSTER.to_vec(),
                 (true, Some(Only::Scheduling)) => vec![FigureKind::Scheduling],
+                (true, Some(Only::Node)) => vec![FigureKind::Node],
                 (true, Some(_)) => FigureKind::STORE.to_vec(),
                 (true, None) => [FigureKind::STORE, FigureKind::SERVER].concat(),
             },
@@ -439,7 +449,8 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             | FigureKind::ServerBinary
             | FigureKind::ClusterRollout
             | FigureKind::ClusterIdle
-            | FigureKind::Scheduling => {}
+            | FigureKind::Scheduling
+            | FigureKind::Node => {}
         }
     }
     if let Some(plan) = ctx.settings.server_plan() {
@@ -464,6 +475,17 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
         };
         ctx.failures += scheduling::run(ctx.data.path(), ctx.settings.quick, &progress).await;
+    }
+    if ctx.settings.figures.contains(&FigureKind::Node) {
+        let started = ctx.started;
+        let progress = |msg: String| {
+            eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+        };
+        let plan = node::Plan {
+            quick: ctx.settings.quick,
+            edgesite_bin: ctx.settings.edgesite_bin.clone(),
+        };
+        ctx.failures += node::run(&plan, &progress).await;
     }
     report::note(&format!(
         "load average {} (1/5/15 min) at the end",

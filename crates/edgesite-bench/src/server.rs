@@ -136,6 +136,8 @@ pub(crate) enum Unit {
     PerSec,
     /// Per cent (of one core, for CPU figures).
     Percent,
+    /// A multiple (a ratio of two figures).
+    Times,
 }
 
 impl Unit {
@@ -147,6 +149,7 @@ impl Unit {
             Self::MiB => format!("{v:.1} MiB"),
             Self::PerSec => format!("{v:.0}/s"),
             Self::Percent => format!("{v:.1} %"),
+            Self::Times => format!("{v:.2}x"),
         }
     }
 }
@@ -158,6 +161,8 @@ pub(crate) enum Goal {
     Below(f64, &'static str),
     /// At least this value.
     AtLeast(f64, &'static str),
+    /// At most this value.
+    AtMost(f64, &'static str),
 }
 
 impl Goal {
@@ -165,12 +170,13 @@ impl Goal {
         match self {
             Self::Below(limit, _) => v < limit,
             Self::AtLeast(limit, _) => v >= limit,
+            Self::AtMost(limit, _) => v <= limit,
         }
     }
 
     fn text(self) -> &'static str {
         match self {
-            Self::Below(_, t) | Self::AtLeast(_, t) => t,
+            Self::Below(_, t) | Self::AtLeast(_, t) | Self::AtMost(_, t) => t,
         }
     }
 }
@@ -209,7 +215,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The `q` quantile (0 < q <= 1) of sorted samples, nearest rank: p99 of fewer than 100
 /// samples is their maximum.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
