@@ -264,8 +264,9 @@ impl Server {
         let kubeconfig_path = write_admin_kubeconfig(&config.data_dir, &pki, &url)?;
         let node_token_path = crate::join::node_token_path(&config.data_dir);
         let ready_after = clock.instant().duration_since(started);
-        // The OpenAPI documents and the protobuf table are parsed on first use (~10 ms in a
-        // release build); do it now, off the request path, so the first write does not wait.
+        // The OpenAPI index and the protobuf table are built on first use; do it now, off the
+        // request path, so the first write does not wait. (Each OpenAPI schema is parsed when a
+        // write of its kind first needs it: a fraction of a millisecond.)
         tokio::task::spawn_blocking(|| {
             edgesite_api::openapi::OpenApi::get();
             let _ = edgesite_api::protobuf::message_for("v1", "ConfigMap");

@@ -144,13 +144,19 @@ impl Facts {
     }
 }
 
-/// Memory figures of a process, from `/proc/<pid>/status`, in KiB.
-#[derive(Debug, Clone, Copy)]
+/// Memory figures of a process, from `/proc/<pid>/status` and `/proc/<pid>/smaps_rollup`, in
+/// KiB. PSS (proportional set size) charges each shared page to its sharers in equal parts, so
+/// the PSS of several processes sums to what they use together, where their RSS counts the pages
+/// of a shared executable (the server and the agent are one binary; every containerd shim is the
+/// same one) once per process.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
     pub rss_kib: u64,
     pub anon_kib: u64,
     pub file_kib: u64,
     pub hwm_kib: u64,
+    /// 0 where `smaps_rollup` is not readable.
+    pub pss_kib: u64,
 }
 
 impl Memory {
@@ -161,6 +167,10 @@ impl Memory {
             None => "/proc/self/status".into(),
         };
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let rollup = path.replace("/status", "/smaps_rollup");
+        let pss_kib = proc_field(&rollup, "Pss")
+            .and_then(|v| kib(&v))
+            .unwrap_or(0);
         let field = |name: &str| -> anyhow::Result<u64> {
             status
                 .lines()
@@ -173,14 +183,15 @@ impl Memory {
             anon_kib: field("RssAnon")?,
             file_kib: field("RssFile")?,
             hwm_kib: field("VmHWM")?,
+            pss_kib,
         })
     }
 
     /// The line the RSS child prints.
     pub fn to_line(self) -> String {
         format!(
-            "memory rss_kib={} anon_kib={} file_kib={} hwm_kib={}",
-            self.rss_kib, self.anon_kib, self.file_kib, self.hwm_kib
+            "memory rss_kib={} anon_kib={} file_kib={} hwm_kib={} pss_kib={}",
+            self.rss_kib, self.anon_kib, self.file_kib, self.hwm_kib, self.pss_kib
         )
     }
 
@@ -201,6 +212,7 @@ impl Memory {
             anon_kib: get("anon_kib")?,
             file_kib: get("file_kib")?,
             hwm_kib: get("hwm_kib")?,
+            pss_kib: get("pss_kib")?,
         })
     }
 }
@@ -323,11 +335,18 @@ mod tests {
             anon_kib: 2,
             file_kib: 3,
             hwm_kib: 4,
+            pss_kib: 5,
         };
         let back = Memory::parse_line(&format!("noise\n{}\n", m.to_line())).unwrap();
         assert_eq!(
-            (back.rss_kib, back.anon_kib, back.file_kib, back.hwm_kib),
-            (1, 2, 3, 4)
+            (
+                back.rss_kib,
+                back.anon_kib,
+                back.file_kib,
+                back.hwm_kib,
+                back.pss_kib
+            ),
+            (1, 2, 3, 4, 5)
         );
     }
 

@@ -491,12 +491,7 @@ fn classify(cmdline: &str) -> Kind {
 
 /// The sum of the memory figures of `pids` (processes that vanished count nothing).
 fn memory_sum(pids: &[u32]) -> Memory {
-    let mut sum = Memory {
-        rss_kib: 0,
-        anon_kib: 0,
-        file_kib: 0,
-        hwm_kib: 0,
-    };
+    let mut sum = Memory::default();
     for m in pids
         .iter()
         .filter_map(|&p| Memory::of_process(Some(p)).ok())
@@ -505,6 +500,7 @@ fn memory_sum(pids: &[u32]) -> Memory {
         sum.anon_kib += m.anon_kib;
         sum.file_kib += m.file_kib;
         sum.hwm_kib += m.hwm_kib;
+        sum.pss_kib += m.pss_kib;
     }
     sum
 }
@@ -513,13 +509,14 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// `VmRSS X MiB = anon A + file F MiB`.
+/// `VmRSS X MiB = anon A + file F MiB, PSS P MiB`.
 fn describe(m: &Memory) -> String {
     format!(
-        "VmRSS {:.1} MiB = anon {:.1} + file {:.1} MiB",
+        "VmRSS {:.1} MiB = anon {:.1} + file {:.1} MiB, PSS {:.1} MiB",
         mib(m.rss_kib),
         mib(m.anon_kib),
-        mib(m.file_kib)
+        mib(m.file_kib),
+        mib(m.pss_kib)
     )
 }
 
@@ -550,6 +547,14 @@ fn memory_figures(site: &Site, agent_label: &str, agent_goal: Option<Goal>, when
         None,
     );
     let total = agent.map_or(0, |m| m.rss_kib) + containerd.rss_kib + shims.rss_kib;
+    // Summed RSS counts the pages of each shared executable once per process; PSS splits them.
+    let pss = agent.map_or(0, |m| m.pss_kib) + containerd.pss_kib + shims.pss_kib;
+    figure(
+        &format!("node total PSS ({agent_label} + containerd + shims), {when}"),
+        Some(mib(pss)),
+        Unit::MiB,
+        None,
+    );
     note(&format!(
         "{agent_label}: {}; containerd ({} process): {}; shims: {}; not counted, the pods' own \
          processes ({}, pause + containers): VmRSS {:.1} MiB",

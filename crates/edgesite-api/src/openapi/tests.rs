@@ -407,3 +407,34 @@ fn prune_removes_exactly_the_unknown_fields() {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})
     );
 }
+
+#[test]
+fn every_embedded_schema_parses_on_first_use_and_is_kept() {
+    // A fresh instance: the process-wide one may already hold parsed schemas.
+    let api = OpenApi::load();
+    let mut count = 0;
+    for d in &api.documents {
+        assert!(
+            d.schemas.by_name.values().all(|(_, p)| p.get().is_none()),
+            "{}: nothing is parsed before it is looked at",
+            d.gv_path
+        );
+        for name in d.schemas.by_name.keys() {
+            let schema = d.schemas.get(name).unwrap();
+            assert!(schema.is_object(), "{} {name}: {schema}", d.gv_path);
+            // The second look returns the same parsed value, not a new parse.
+            assert!(std::ptr::eq(schema, d.schemas.get(name).unwrap()));
+            count += 1;
+        }
+    }
+    assert!(count > 500, "only {count} schemas");
+    let pod = api.kind_schema("", "v1", "Pod").unwrap();
+    assert_eq!(
+        pod.field("spec")
+            .unwrap()
+            .field("containers")
+            .unwrap()
+            .shape(),
+        Shape::List
+    );
+}
