@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use crate::cache::{Kind, LocalCache};
 use crate::cni::PodNetwork;
 use crate::containerd::{ContainerdConfig, ManagedContainerd};
-use crate::cri::{CriRuntime, Runtime};
+use crate::cri::{CriRuntime, Runtime, RuntimeStatus};
 use crate::images::ImageImporter;
 use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
@@ -352,7 +352,7 @@ pub async fn run(
             clock: clock.clone(),
             facts: facts.clone(),
             cache: cache.clone(),
-            runtime: runtime.clone(),
+            runtime: Arc::new(runtime.clone()),
             reporter: reporter.clone(),
             health: health_tx,
             renew: config.lease_renew,
@@ -515,6 +515,11 @@ async fn wait_for_pod_cidr(cache: &LocalCache, name: &str) -> String {
 /// How long the runtime's `Status` may take before the runtime counts as down.
 const RUNTIME_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one heartbeat write (a Lease renewal, a status post, a registration) may take. The
+/// node client has no timeout of its own, and a write that never returns must not hold back
+/// the next ones.
+const HEARTBEAT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The node's heartbeat: Lease renewals, status posts, and the runtime check that decides
 /// the Ready condition.
 struct Heartbeat {
@@ -522,7 +527,7 @@ struct Heartbeat {
     clock: Arc<dyn Clock>,
     facts: NodeFacts,
     cache: Arc<LocalCache>,
-    runtime: CriRuntime,
+    runtime: Arc<dyn RuntimeStatus>,
     reporter: Arc<ApiReporter>,
     /// The node's health as last checked; the status keeper reads it too.
     health: watch::Sender<Health>,
@@ -535,50 +540,84 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Renews the Lease every `renew`, posts the node status every `report` and checks the
-    /// runtime and the host's pressure every `runtime_check`, posting at once when the
-    /// node's conditions changed.
+    /// Three loops that never wait for one another, as kubelet runs them: the Lease renewed
+    /// every `renew`; the runtime and the host's pressure checked every `runtime_check`; the
+    /// node status posted every `report`, at once when a check changed the conditions, and
+    /// again after `runtime_check` while a post fails. The checks never touch the server, so a
+    /// slow or unreachable server cannot keep the node from noticing its runtime is down.
     async fn run(self) {
-        let mut lease = tokio::time::interval(self.renew);
-        let mut status = tokio::time::interval(self.report);
-        let mut check = tokio::time::interval(self.runtime_check);
+        let changes = self.health.subscribe();
+        tokio::join!(
+            self.renew_lease(),
+            self.check(),
+            self.post_statuses(changes)
+        );
+    }
+
+    async fn renew_lease(&self) {
+        let mut tick = tokio::time::interval(self.renew);
         let mut failing = false;
+        loop {
+            tick.tick().await;
+            let res = bounded(self.writer.renew(&*self.clock, &self.facts.name)).await;
+            self.handle(res, &mut failing).await;
+        }
+    }
+
+    async fn check(&self) {
+        let mut tick = tokio::time::interval(self.runtime_check);
         let mut runtime_ready = None;
         loop {
-            let res = tokio::select! {
-                _ = lease.tick() => self.writer.renew(&*self.clock, &self.facts.name).await,
-                _ = status.tick() => self.post_status().await,
-                _ = check.tick() => {
-                    let ready_changed = self.check_runtime(&mut runtime_ready).await;
-                    if !(self.check_pressure() || ready_changed) {
-                        continue;
-                    }
-                    self.post_status().await
-                }
-            };
-            match res {
-                Ok(()) if failing => {
-                    info!("heartbeats reach the server again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    // The Node or Lease is gone (deleted, or never registered offline): register.
-                    let health = self.health.borrow().clone();
-                    if let Err(err) = self
-                        .writer
-                        .register(&*self.clock, &self.facts, &health)
-                        .await
-                    {
+            tick.tick().await;
+            // Both run each time: a change of either is seen by the status loop through
+            // `health`.
+            self.check_runtime(&mut runtime_ready).await;
+            self.check_pressure();
+        }
+    }
+
+    async fn post_statuses(&self, mut changes: watch::Receiver<Health>) {
+        let mut periodic = tokio::time::interval(self.report);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = periodic.tick() => {}
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(self.runtime_check), if failing => {}
+            }
+            changes.borrow_and_update();
+            let res = bounded(self.post_status()).await;
+            self.handle(res, &mut failing).await;
+        }
+    }
+
+    /// Logs a write's outcome (once per failing spell) and registers the node when the
+    /// server has no Node or Lease for it; sets `failing` while writes fail.
+    async fn handle(&self, res: Result<(), kube::Error>, failing: &mut bool) {
+        match res {
+            Ok(()) if *failing => {
+                info!("heartbeats reach the server again");
+                *failing = false;
+            }
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                // The Node or Lease is gone (deleted, or never registered offline): register.
+                let health = self.health.borrow().clone();
+                let registered =
+                    bounded(self.writer.register(&*self.clock, &self.facts, &health)).await;
+                match registered {
+                    Ok(_) => *failing = false,
+                    Err(err) => {
                         debug!(%err, "registration failed; retried");
+                        *failing = true;
                     }
                 }
-                Err(err) => {
-                    if !failing {
-                        warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
-                    }
-                    failing = true;
+            }
+            Err(err) => {
+                if !*failing {
+                    warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
                 }
+                *failing = true;
             }
         }
     }
@@ -593,8 +632,8 @@ impl Heartbeat {
     }
 
     /// Samples the host and updates the pressure conditions, with kubelet's node events on
-    /// each change; returns whether one changed.
-    fn check_pressure(&self) -> bool {
+    /// each change.
+    fn check_pressure(&self) {
         let now = self
             .thresholds
             .pressure(&crate::pressure::sample(&self.data_dir));
@@ -607,7 +646,7 @@ impl Heartbeat {
             }
         };
         if now == before {
-            return false;
+            return;
         }
         let name = &self.facts.name;
         for (was, is, on, off) in [
@@ -645,20 +684,19 @@ impl Heartbeat {
             h.disk_pressure = now.disk;
             h.pid_pressure = now.pid;
         });
-        true
     }
 
-    /// Checks the runtime and updates the health; returns whether the Ready condition
-    /// changed (and so the status must be posted now). A change of readiness is logged and
-    /// recorded as node events, as kubelet records `NodeReady`/`NodeNotReady`.
-    /// `was` is the readiness last checked (`None` before the first check), updated here.
-    async fn check_runtime(&self, was: &mut Option<bool>) -> bool {
-        let ready = runtime_health(&self.runtime)
+    /// Checks the runtime and updates the health (which wakes the status loop when the Ready
+    /// condition changed). A change of readiness is logged and recorded as node events, as
+    /// kubelet records `NodeReady`/`NodeNotReady`. `was` is the readiness last checked (`None`
+    /// before the first check), updated here.
+    async fn check_runtime(&self, was: &mut Option<bool>) {
+        let ready = runtime_health(&*self.runtime)
             .await
             .map_err(|message| ("KubeletNotReady".to_owned(), message));
         debug!(?ready, "container runtime checked");
         let was_ready = was.replace(ready.is_ok());
-        let changed = self.health.send_if_modified(|h| {
+        self.health.send_if_modified(|h| {
             let changed = h.ready != ready;
             h.ready = ready.clone();
             changed
@@ -690,13 +728,24 @@ impl Heartbeat {
             }
             _ => {}
         }
-        changed
+    }
+}
+
+/// `write`, failing when it takes longer than [`HEARTBEAT_WRITE_TIMEOUT`].
+async fn bounded<T>(
+    write: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(HEARTBEAT_WRITE_TIMEOUT, write).await {
+        Ok(res) => res,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer within {HEARTBEAT_WRITE_TIMEOUT:?}").into(),
+        )),
     }
 }
 
 /// The runtime's health in kubelet's words: `Err(message)` when CRI `Status` fails or a
 /// condition the node needs (`RuntimeReady`, `NetworkReady`) is false.
-async fn runtime_health(runtime: &CriRuntime) -> Result<(), String> {
+async fn runtime_health(runtime: &dyn RuntimeStatus) -> Result<(), String> {
     let conditions = match tokio::time::timeout(RUNTIME_STATUS_TIMEOUT, runtime.runtime_status())
         .await
     {
@@ -776,3 +825,6 @@ pub async fn cleanup(adir: &std::path::Path) -> Result<(), AgentError> {
     std::fs::remove_dir_all(&adir_abs).map_err(io)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

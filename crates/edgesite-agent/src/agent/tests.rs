@@ -1,0 +1,242 @@
+//! The heartbeat over a fake API server (an in-process kube client whose answers each test
+//! chooses) and a runtime that goes down on demand, on paused tokio time: the intervals are
+//! the agent's defaults, and every wait below is virtual.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::cri::v1::RuntimeCondition;
+use crate::pod::fake::TokioClock;
+
+/// A runtime whose CRI `Status` answers until [`SwitchedRuntime::down`] is set.
+#[derive(Debug, Default)]
+struct SwitchedRuntime {
+    down: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl RuntimeStatus for SwitchedRuntime {
+    async fn runtime_status(&self) -> crate::cri::Result<Vec<RuntimeCondition>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(crate::cri::Error::Call {
+                call: "Status",
+                socket: PathBuf::from("/fake/containerd.sock"),
+                code: tonic::Code::Unavailable,
+                message: "connection refused".into(),
+            });
+        }
+        let ready = |kind: &str| RuntimeCondition {
+            r#type: kind.into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        };
+        Ok(vec![ready("RuntimeReady"), ready("NetworkReady")])
+    }
+
+    fn socket(&self) -> &Path {
+        Path::new("/fake/containerd.sock")
+    }
+}
+
+/// What the fake server does and saw.
+#[derive(Debug, Default)]
+struct FakeApi {
+    /// Lease renewals never get an answer.
+    hang_leases: bool,
+    /// The next status post with `Ready=False` fails with a 500.
+    fail_next_not_ready: AtomicBool,
+    /// Each status post: when, its Ready status, and whether it was accepted.
+    posts: Mutex<Vec<(tokio::time::Instant, String, bool)>>,
+}
+
+impl FakeApi {
+    fn posts(&self) -> Vec<(tokio::time::Instant, String, bool)> {
+        self.posts.lock().unwrap().clone()
+    }
+
+    /// When the first accepted post with Ready `status` arrived.
+    fn accepted(&self, status: &str) -> Option<tokio::time::Instant> {
+        self.posts()
+            .into_iter()
+            .find(|(_, s, ok)| *ok && s == status)
+            .map(|(at, _, _)| at)
+    }
+}
+
+fn respond(code: u16, body: Value) -> hyper::Response<kube::client::Body> {
+    hyper::Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body.to_string().into_bytes()))
+        .unwrap()
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn client(api: Arc<FakeApi>) -> kube::Client {
+    let service = tower::service_fn(move |req: hyper::Request<kube::client::Body>| {
+        let api = api.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let path = parts.uri.path().to_owned();
+            if path.contains("/leases/") {
+                if api.hang_leases {
+                    std::future::pending::<()>().await;
+                }
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "n1", "namespace": "kube-node-lease"}});
+                return Ok::<_, BoxError>(respond(200, lease));
+            }
+            if path.ends_with("/nodes/n1/status") {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let ready = patch["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                    .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+                    .unwrap_or_default();
+                let fail =
+                    ready == "False" && api.fail_next_not_ready.swap(false, Ordering::SeqCst);
+                api.posts
+                    .lock()
+                    .unwrap()
+                    .push((tokio::time::Instant::now(), ready, !fail));
+                if fail {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "injected", "reason": "InternalError", "code": 500});
+                    return Ok(respond(500, status));
+                }
+                let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+                return Ok(respond(200, node));
+            }
+            Ok(respond(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "code": 404}),
+            ))
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+/// Starts the heartbeat of node `n1` with the agent's default intervals; returns it with the
+/// runtime, the directory (kept while the test runs) and the start time.
+async fn start(
+    api: Arc<FakeApi>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<SwitchedRuntime>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, _changes) = LocalCache::open(&dir.path().join("cache")).await.unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let config = AgentConfig::new(
+        "https://192.0.2.1:6443",
+        "n1",
+        dir.path(),
+        "192.0.2.10".parse().unwrap(),
+    );
+    let runtime = Arc::new(SwitchedRuntime::default());
+    let (health, _) = watch::channel(Health {
+        ready: Err(("KubeletNotReady".into(), "not checked yet".into())),
+        ..Health::healthy()
+    });
+    let heartbeat = Heartbeat {
+        writer: NodeWriter::new(&client(api), FIELD_MANAGER),
+        clock: clock.clone(),
+        facts: node_facts(&config, "containerd://fake", "v0.0.0"),
+        cache,
+        runtime: runtime.clone(),
+        reporter: ApiReporter::new("n1", clock),
+        health,
+        renew: config.lease_renew,
+        report: config.status_report,
+        runtime_check: config.runtime_check,
+        data_dir: dir.path().to_owned(),
+        // Never short of anything: only the runtime decides here.
+        thresholds: crate::pressure::Thresholds {
+            memory_available: 0,
+            disk_available_percent: 0,
+            inodes_free_percent: 0,
+            pids_available_percent: 0,
+        },
+    };
+    (tokio::spawn(heartbeat.run()), runtime, dir)
+}
+
+/// Waits (virtual time, at most `limit`) until `api` accepted a post with Ready `status`.
+async fn accepted_within(api: &FakeApi, status: &str, limit: Duration) -> Option<Duration> {
+    let from = tokio::time::Instant::now();
+    while from.elapsed() <= limit {
+        if let Some(at) = api.accepted(status) {
+            return Some(at.saturating_duration_since(from));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The longest a runtime outage may take to reach the server: the next check, its `Status`
+/// timing out, and the post.
+const NOTICED: Duration = Duration::from_secs(5 + 5 + 1);
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_renewal_that_never_returns_does_not_stop_the_runtime_check() {
+    let api = Arc::new(FakeApi {
+        hang_leases: true,
+        ..FakeApi::default()
+    });
+    let (heartbeat, runtime, _dir) = start(api.clone()).await;
+    assert!(
+        accepted_within(&api, "True", NOTICED).await.is_some(),
+        "Ready=True posted after the first check: {:?}",
+        api.posts()
+    );
+    runtime.down.store(true, Ordering::SeqCst);
+    let took = accepted_within(&api, "False", Duration::from_secs(120)).await;
+    assert!(
+        took.is_some_and(|t| t <= NOTICED),
+        "the outage reached the server after {took:?} (want ≤ {NOTICED:?}) though the Lease \
+         renewals hang: {:?}",
+        api.posts()
+    );
+    heartbeat.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_not_ready_post_is_retried_before_the_next_periodic_status() {
+    let api = Arc::new(FakeApi {
+        fail_next_not_ready: AtomicBool::new(true),
+        ..FakeApi::default()
+    });
+    let (heartbeat, runtime, _dir) = start(api.clone()).await;
+    assert!(accepted_within(&api, "True", NOTICED).await.is_some());
+    runtime.down.store(true, Ordering::SeqCst);
+    // One failed post, then the retry after one check interval; the periodic status (every
+    // minute) must not be what finally carries it.
+    let limit = NOTICED + Duration::from_secs(5);
+    let took = accepted_within(&api, "False", Duration::from_secs(120)).await;
+    assert!(
+        took.is_some_and(|t| t <= limit),
+        "Ready=False reached the server after {took:?} (want ≤ {limit:?}): {:?}",
+        api.posts()
+    );
+    let refused = api
+        .posts()
+        .iter()
+        .filter(|(_, s, ok)| s == "False" && !ok)
+        .count();
+    assert_eq!(
+        refused,
+        1,
+        "the injected failure happened: {:?}",
+        api.posts()
+    );
+    heartbeat.abort();
+}
