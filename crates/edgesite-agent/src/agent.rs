@@ -7,8 +7,8 @@
 //! 3. the Node registered (capacity, node info, addresses, conditions) and its Lease, and the
 //!    node-scoped watches ([`crate::sync`]) feeding the cache;
 //! 4. the pod network from the node's `spec.podCIDR` (written before containerd starts, so
-//!    its CRI plugin finds it), then containerd (the agent's own, or `--containerd-address`),
-//!    and the pause image;
+//!    its CRI plugin finds it), then containerd (the agent's own, or `--containerd-address`,
+//!    waited for with back-off while it does not answer), and the pause image;
 //! 5. the pod workers, fed only from the cache; their reports go to the server through a
 //!    queue ([`crate::report`]); the Lease is renewed every 10 s and the node status posted
 //!    every minute and whenever the server marked the node `Unknown`;
@@ -277,16 +277,20 @@ pub async fn run(
     network.write()?;
     info!(%pod_cidr, bridge = %network.name(), "pod network configured");
 
-    let (managed, runtime): (Option<ManagedContainerd>, CriRuntime) =
-        match &config.containerd_address {
-            Some(socket) => (None, CriRuntime::connect(socket).await?),
-            None => {
-                let managed = ManagedContainerd::start(ContainerdConfig::new(&adir)).await?;
-                let rt = managed.runtime().clone();
-                (Some(managed), rt)
-            }
-        };
-    let version = runtime.version().await?;
+    let (managed, runtime, version) = match &config.containerd_address {
+        // Someone else's containerd may start after the agent (a unit ordering, a slow
+        // boot): wait for it rather than exit.
+        Some(socket) => {
+            let (runtime, version) = wait_for_runtime(socket).await;
+            (None, runtime, version)
+        }
+        None => {
+            let managed = ManagedContainerd::start(ContainerdConfig::new(&adir)).await?;
+            let runtime = managed.runtime().clone();
+            let version = runtime.version().await?;
+            (Some(managed), runtime, version)
+        }
+    };
     facts = node_facts(
         &config,
         &format!("{}://{}", version.runtime_name, version.runtime_version),
@@ -509,6 +513,92 @@ async fn wait_for_pod_cidr(cache: &LocalCache, name: &str) -> String {
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The first wait before the agent tries again an external containerd that does not answer
+/// at start; it doubles up to [`RUNTIME_WAIT_MAX`].
+const RUNTIME_WAIT_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of an external containerd.
+const RUNTIME_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often the agent says again that it still waits for an external containerd.
+const RUNTIME_WAIT_REMINDER: Duration = Duration::from_secs(60);
+
+/// What the agent logs while it waits for an external containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitNote {
+    /// The one line saying what the agent waits for.
+    Waiting,
+    /// A reminder, at most one per [`RUNTIME_WAIT_REMINDER`].
+    StillWaiting,
+}
+
+/// The back-off of waiting for an external containerd, and when to say so: one line at the
+/// first failure and a reminder now and then, never a line per try.
+#[derive(Debug)]
+struct RuntimeWait {
+    delay: Duration,
+    noted_at: Option<Duration>,
+}
+
+impl RuntimeWait {
+    fn new() -> Self {
+        Self {
+            delay: RUNTIME_WAIT_FIRST,
+            noted_at: None,
+        }
+    }
+
+    /// A try failed `waited` into the wait: how long to wait before the next one, and what to
+    /// log now.
+    fn failed(&mut self, waited: Duration) -> (Duration, Option<WaitNote>) {
+        let note = match self.noted_at {
+            None => Some(WaitNote::Waiting),
+            Some(at) if waited >= at + RUNTIME_WAIT_REMINDER => Some(WaitNote::StillWaiting),
+            Some(_) => None,
+        };
+        if note.is_some() {
+            self.noted_at = Some(waited);
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(RUNTIME_WAIT_MAX);
+        (delay, note)
+    }
+}
+
+/// A CRI client of the external containerd at `socket` and its version, once it answers
+/// `Version`; until then tries again with back-off ([`RuntimeWait`]).
+async fn wait_for_runtime(
+    socket: &std::path::Path,
+) -> (CriRuntime, crate::cri::v1::VersionResponse) {
+    let started = tokio::time::Instant::now();
+    let mut wait = RuntimeWait::new();
+    loop {
+        let err = match CriRuntime::connect(socket).await {
+            Ok(runtime) => match runtime.version().await {
+                Ok(version) => {
+                    if wait.noted_at.is_some() {
+                        info!(socket = %socket.display(), waited_s = started.elapsed().as_secs(), "the container runtime answers; the agent goes on");
+                    }
+                    return (runtime, version);
+                }
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        let (delay, note) = wait.failed(started.elapsed());
+        match note {
+            Some(WaitNote::Waiting) => info!(
+                socket = %socket.display(), %err,
+                "waiting for the container runtime to answer at --containerd-address; trying again with back-off up to {RUNTIME_WAIT_MAX:?}"
+            ),
+            Some(WaitNote::StillWaiting) => warn!(
+                socket = %socket.display(), waited_s = started.elapsed().as_secs(), %err,
+                "the container runtime still does not answer; the agent keeps waiting"
+            ),
+            None => debug!(%err, ?delay, "the container runtime does not answer yet"),
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -807,3 +807,63 @@ fn a_killed_agent_started_again_replaces_its_old_containerd_and_adopts_the_pod()
     site.passed();
     Ok(())
 }
+
+#[test]
+fn an_agent_waits_for_an_external_containerd_that_does_not_answer_yet() -> Result<()> {
+    let mut site = Site::start("es-mw-")?;
+    let adir = site.agent_dir("edge-w")?;
+    // The socket the test's containerd will listen on; nothing does yet.
+    let socket = edgesite_agent::containerd::ContainerdConfig::new(&adir).socket();
+    let token = site.token_copy("token-w")?;
+    let socket_arg = socket.to_string_lossy().into_owned();
+    site.start_agent(
+        "edge-w",
+        Some(&token),
+        &["--containerd-address", &socket_arg],
+    )?;
+    let waiting = "waiting for the container runtime to answer at --containerd-address";
+    eventually(60, "the agent saying what it waits for", || {
+        let log = std::fs::read_to_string(&site.agent("edge-w")?.log)?;
+        if !site.agent_alive("edge-w")? {
+            anyhow::bail!("the agent exited without its runtime:\n{log}");
+        }
+        Ok((!log.contains(waiting)).then_some(log))
+    })?;
+    // A few tries later (after 1, 2 and 4 s): still running, and still one line about it.
+    std::thread::sleep(Duration::from_secs(8));
+    ensure!(
+        site.agent_alive("edge-w")?,
+        "the agent waits for its runtime"
+    );
+    let log = std::fs::read_to_string(&site.agent("edge-w")?.log)?;
+    let line = log
+        .lines()
+        .find(|l| l.contains(waiting))
+        .context("the waiting line")?;
+    ensure!(line.contains(&socket_arg), "names the socket: {line}");
+    ensure!(
+        log.matches(waiting).count() == 1,
+        "one line, not one per try:\n{log}"
+    );
+    let (status, _, message) = site.ready("edge-w")?;
+    ensure!(
+        status == "False",
+        "NotReady while it waits: {status} {message}"
+    );
+
+    site.start_containerd(&adir)?;
+    let up = Instant::now();
+    site.wait_ready("edge-w", "True", 60)?;
+    eprintln!(
+        "FIGURE external containerd up late → node Ready=True {:.2} s",
+        up.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string(&site.agent("edge-w")?.log)?;
+    ensure!(
+        log.contains("the container runtime answers; the agent goes on"),
+        "{log}"
+    );
+    ensure!(log.contains("agent running"), "{log}");
+    site.passed();
+    Ok(())
+}

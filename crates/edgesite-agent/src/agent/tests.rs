@@ -240,3 +240,40 @@ async fn a_failed_not_ready_post_is_retried_before_the_next_periodic_status() {
     );
     heartbeat.abort();
 }
+
+#[test]
+fn waiting_for_a_runtime_backs_off_to_30_s_and_says_so_once_then_once_a_minute() {
+    let mut wait = RuntimeWait::new();
+    let mut waited = Duration::ZERO;
+    let mut delays = Vec::new();
+    let mut notes = Vec::new();
+    // Ten minutes of a runtime that never answers.
+    while waited < Duration::from_secs(600) {
+        let (delay, note) = wait.failed(waited);
+        delays.push(delay.as_secs());
+        if let Some(note) = note {
+            notes.push((waited.as_secs(), note));
+        }
+        waited += delay;
+    }
+    assert_eq!(delays[..7], [1, 2, 4, 8, 16, 30, 30]);
+    assert!(delays.iter().all(|&d| d <= 30), "{delays:?}");
+    assert_eq!(notes[0], (0, WaitNote::Waiting));
+    assert!(
+        notes[1..].iter().all(|(_, n)| *n == WaitNote::StillWaiting),
+        "{notes:?}"
+    );
+    for pair in notes.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= 60,
+            "a reminder per minute at most: {notes:?}"
+        );
+    }
+    // Ten lines for some two dozen tries.
+    assert!(
+        delays.len() > 2 * notes.len(),
+        "{} tries, {notes:?}",
+        delays.len()
+    );
+    assert_eq!(notes.len(), 10, "{notes:?}");
+}
