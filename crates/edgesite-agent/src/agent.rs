@@ -41,7 +41,7 @@ use crate::images::ImageImporter;
 use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
 use crate::pod::{EventType, NodeContext, NodeResources, PodWorkers, WorkerOptions};
-use crate::report::{ApiReporter, FIELD_MANAGER};
+use crate::report::{ApiReporter, FIELD_MANAGER, within};
 
 /// What the agent runs with.
 #[derive(Debug, Clone)]
@@ -649,7 +649,11 @@ impl Heartbeat {
         let mut failing = false;
         loop {
             tick.tick().await;
-            let res = bounded(self.writer.renew(&*self.clock, &self.facts.name)).await;
+            let res = within(
+                HEARTBEAT_WRITE_TIMEOUT,
+                self.writer.renew(&*self.clock, &self.facts.name),
+            )
+            .await;
             self.handle(res, &mut failing).await;
         }
     }
@@ -676,7 +680,7 @@ impl Heartbeat {
                 () = tokio::time::sleep(self.runtime_check), if failing => {}
             }
             changes.borrow_and_update();
-            let res = bounded(self.post_status()).await;
+            let res = within(HEARTBEAT_WRITE_TIMEOUT, self.post_status()).await;
             self.handle(res, &mut failing).await;
         }
     }
@@ -693,8 +697,11 @@ impl Heartbeat {
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 // The Node or Lease is gone (deleted, or never registered offline): register.
                 let health = self.health.borrow().clone();
-                let registered =
-                    bounded(self.writer.register(&*self.clock, &self.facts, &health)).await;
+                let registered = within(
+                    HEARTBEAT_WRITE_TIMEOUT,
+                    self.writer.register(&*self.clock, &self.facts, &health),
+                )
+                .await;
                 match registered {
                     Ok(_) => *failing = false,
                     Err(err) => {
@@ -818,18 +825,6 @@ impl Heartbeat {
             }
             _ => {}
         }
-    }
-}
-
-/// `write`, failing when it takes longer than [`HEARTBEAT_WRITE_TIMEOUT`].
-async fn bounded<T>(
-    write: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, kube::Error> {
-    match tokio::time::timeout(HEARTBEAT_WRITE_TIMEOUT, write).await {
-        Ok(res) => res,
-        Err(_) => Err(kube::Error::Service(
-            format!("no answer within {HEARTBEAT_WRITE_TIMEOUT:?}").into(),
-        )),
     }
 }
 

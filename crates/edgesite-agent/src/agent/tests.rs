@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::cri::v1::RuntimeCondition;
+use crate::fake_api::{self, Reply};
 use crate::pod::fake::TokioClock;
 
 /// A runtime whose CRI `Status` answers until [`SwitchedRuntime::down`] is set.
@@ -69,59 +69,42 @@ impl FakeApi {
     }
 }
 
-fn respond(code: u16, body: Value) -> hyper::Response<kube::client::Body> {
-    hyper::Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(body.to_string().into_bytes()))
-        .unwrap()
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
+/// The fake server: Lease renewals answered (or never), status posts recorded and answered
+/// (the first `Ready=False` one with a 500 when asked).
 fn client(api: Arc<FakeApi>) -> kube::Client {
-    let service = tower::service_fn(move |req: hyper::Request<kube::client::Body>| {
-        let api = api.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let body = body.collect().await?.to_bytes();
-            let path = parts.uri.path().to_owned();
-            if path.contains("/leases/") {
-                if api.hang_leases {
-                    std::future::pending::<()>().await;
-                }
-                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": "n1", "namespace": "kube-node-lease"}});
-                return Ok::<_, BoxError>(respond(200, lease));
+    fake_api::client(move |_, path, body| {
+        if path.contains("/leases/") {
+            if api.hang_leases {
+                return Reply::Hang;
             }
-            if path.ends_with("/nodes/n1/status") {
-                let patch: Value = serde_json::from_slice(&body).unwrap();
-                let ready = patch["status"]["conditions"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                    .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
-                    .unwrap_or_default();
-                let fail =
-                    ready == "False" && api.fail_next_not_ready.swap(false, Ordering::SeqCst);
-                api.posts
-                    .lock()
-                    .unwrap()
-                    .push((tokio::time::Instant::now(), ready, !fail));
-                if fail {
-                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "injected", "reason": "InternalError", "code": 500});
-                    return Ok(respond(500, status));
-                }
-                let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
-                return Ok(respond(200, node));
-            }
-            Ok(respond(
-                404,
-                json!({"kind": "Status", "apiVersion": "v1", "code": 404}),
-            ))
+            return Reply::Json(
+                200,
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "n1", "namespace": "kube-node-lease"}}),
+            );
         }
-    });
-    kube::Client::new(service, "default")
+        if !path.ends_with("/nodes/n1/status") {
+            return fake_api::failure(404);
+        }
+        let patch: Value = serde_json::from_slice(body).unwrap_or_default();
+        let ready = patch["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let fail = ready == "False" && api.fail_next_not_ready.swap(false, Ordering::SeqCst);
+        api.posts
+            .lock()
+            .unwrap()
+            .push((tokio::time::Instant::now(), ready, !fail));
+        if fail {
+            return fake_api::failure(500);
+        }
+        Reply::Json(
+            200,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}),
+        )
+    })
 }
 
 /// Starts the heartbeat of node `n1` with the agent's default intervals; returns it with the
