@@ -116,6 +116,12 @@ pub enum AgentError {
     /// The pause image cannot be made.
     #[error(transparent)]
     Images(#[from] crate::images::Error),
+    /// Another agent (or its cleanup) uses the directory.
+    #[error(
+        "another edgesite agent uses {0} (it holds {0}/agent.lock): stop it first, or give this \
+         one a --data-dir of its own"
+    )]
+    DirInUse(PathBuf),
     /// The agent's directory cannot be made.
     #[error("agent directory {path}: {source}")]
     Io {
@@ -125,6 +131,36 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The exclusive lock on `ADIR/agent.lock`, held while an agent or its cleanup uses the
+/// directory: a second agent there would stop the first one's containerd as one left behind.
+#[derive(Debug)]
+pub struct DirLock {
+    _held: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the agent directory's lock (released when the process ends, however it ends);
+/// fails at once when another process holds it.
+pub fn lock_agent_dir(adir: &std::path::Path) -> Result<DirLock, AgentError> {
+    let path = adir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(DirLock { _held: held }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(AgentError::DirInUse(adir.to_owned())),
+        Err((_, errno)) => Err(AgentError::Io {
+            path,
+            source: errno.into(),
+        }),
+    }
 }
 
 /// The node's own facts, read from the host.
@@ -233,6 +269,7 @@ pub async fn run(
         path: adir.clone(),
         source,
     })?;
+    let _lock = lock_agent_dir(&adir)?;
     let (cache, mut changes) = LocalCache::open(&adir.join("cache")).await?;
 
     let identity = Arc::new(
@@ -872,6 +909,7 @@ pub async fn cleanup(adir: &std::path::Path) -> Result<(), AgentError> {
     if !adir.exists() {
         return Ok(());
     }
+    let _lock = lock_agent_dir(adir)?;
     let config = ContainerdConfig::new(adir);
     if config.dir().exists() {
         match ManagedContainerd::start(config).await {

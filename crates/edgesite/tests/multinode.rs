@@ -777,6 +777,18 @@ fn a_killed_agent_started_again_replaces_its_old_containerd_and_adopts_the_pod()
         "exactly one containerd for the directory, the new agent's: {old:?} → {now:?}"
     );
     site.wait_ready("edge-k", "True", 60)?;
+    // A second agent on the same directory is refused, and leaves the containerd alone.
+    let out = site
+        .agent_command("edge-k", None, &[])
+        .stderr(Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("another edgesite agent uses"),
+        "{}: {stderr}",
+        out.status
+    );
+    ensure!(containerd_pids(&adir) == now, "the containerd left alone");
     // Past a few pod syncs of the new agent: the same container, never restarted.
     std::thread::sleep(Duration::from_secs(6));
     let after = steady_container(&site)?;

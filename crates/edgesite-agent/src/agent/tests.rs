@@ -260,3 +260,18 @@ fn waiting_for_a_runtime_backs_off_to_30_s_and_says_so_once_then_once_a_minute()
     );
     assert_eq!(notes.len(), 10, "{notes:?}");
 }
+
+#[test]
+fn a_second_agent_on_the_same_directory_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = lock_agent_dir(dir.path()).unwrap();
+    let err = lock_agent_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, AgentError::DirInUse(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(dir.path().to_str().unwrap()) && text.contains("--data-dir"),
+        "{text}"
+    );
+    drop(first);
+    lock_agent_dir(dir.path()).unwrap();
+}
