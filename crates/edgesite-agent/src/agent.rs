@@ -7,8 +7,8 @@
 //! 3. the Node registered (capacity, node info, addresses, conditions) and its Lease, and the
 //!    node-scoped watches ([`crate::sync`]) feeding the cache;
 //! 4. the pod network from the node's `spec.podCIDR` (written before containerd starts, so
-//!    its CRI plugin finds it), then containerd (the agent's own, or `--containerd-address`),
-//!    and the pause image;
+//!    its CRI plugin finds it), then containerd (the agent's own, or `--containerd-address`,
+//!    waited for with back-off while it does not answer), and the pause image;
 //! 5. the pod workers, fed only from the cache; their reports go to the server through a
 //!    queue ([`crate::report`]); the Lease is renewed every 10 s and the node status posted
 //!    every minute and whenever the server marked the node `Unknown`;
@@ -36,12 +36,12 @@ use tracing::{debug, info, warn};
 use crate::cache::{Kind, LocalCache};
 use crate::cni::PodNetwork;
 use crate::containerd::{ContainerdConfig, ManagedContainerd};
-use crate::cri::{CriRuntime, Runtime};
+use crate::cri::{CriRuntime, Runtime, RuntimeStatus};
 use crate::images::ImageImporter;
 use crate::images::dir::{ImagesDir, ImportOutcome, confirm_served};
 use crate::pod::volumes::HostVolumes;
 use crate::pod::{EventType, NodeContext, NodeResources, PodWorkers, WorkerOptions};
-use crate::report::{ApiReporter, FIELD_MANAGER};
+use crate::report::{ApiReporter, FIELD_MANAGER, within};
 
 /// What the agent runs with.
 #[derive(Debug, Clone)]
@@ -116,6 +116,12 @@ pub enum AgentError {
     /// The pause image cannot be made.
     #[error(transparent)]
     Images(#[from] crate::images::Error),
+    /// Another agent (or its cleanup) uses the directory.
+    #[error(
+        "another edgesite agent uses {0} (it holds {0}/agent.lock): stop it first, or give this \
+         one a --data-dir of its own"
+    )]
+    DirInUse(PathBuf),
     /// The agent's directory cannot be made.
     #[error("agent directory {path}: {source}")]
     Io {
@@ -125,6 +131,36 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The exclusive lock on `ADIR/agent.lock`, held while an agent or its cleanup uses the
+/// directory: a second agent there would stop the first one's containerd as one left behind.
+#[derive(Debug)]
+pub struct DirLock {
+    _held: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the agent directory's lock (released when the process ends, however it ends);
+/// fails at once when another process holds it.
+pub fn lock_agent_dir(adir: &std::path::Path) -> Result<DirLock, AgentError> {
+    let path = adir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(DirLock { _held: held }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(AgentError::DirInUse(adir.to_owned())),
+        Err((_, errno)) => Err(AgentError::Io {
+            path,
+            source: errno.into(),
+        }),
+    }
 }
 
 /// The node's own facts, read from the host.
@@ -233,6 +269,7 @@ pub async fn run(
         path: adir.clone(),
         source,
     })?;
+    let _lock = lock_agent_dir(&adir)?;
     let (cache, mut changes) = LocalCache::open(&adir.join("cache")).await?;
 
     let identity = Arc::new(
@@ -277,16 +314,20 @@ pub async fn run(
     network.write()?;
     info!(%pod_cidr, bridge = %network.name(), "pod network configured");
 
-    let (managed, runtime): (Option<ManagedContainerd>, CriRuntime) =
-        match &config.containerd_address {
-            Some(socket) => (None, CriRuntime::connect(socket).await?),
-            None => {
-                let managed = ManagedContainerd::start(ContainerdConfig::new(&adir)).await?;
-                let rt = managed.runtime().clone();
-                (Some(managed), rt)
-            }
-        };
-    let version = runtime.version().await?;
+    let (managed, runtime, version) = match &config.containerd_address {
+        // Someone else's containerd may start after the agent (a unit ordering, a slow
+        // boot): wait for it rather than exit.
+        Some(socket) => {
+            let (runtime, version) = wait_for_runtime(socket).await;
+            (None, runtime, version)
+        }
+        None => {
+            let managed = ManagedContainerd::start(ContainerdConfig::new(&adir)).await?;
+            let runtime = managed.runtime().clone();
+            let version = runtime.version().await?;
+            (Some(managed), runtime, version)
+        }
+    };
     facts = node_facts(
         &config,
         &format!("{}://{}", version.runtime_name, version.runtime_version),
@@ -352,7 +393,7 @@ pub async fn run(
             clock: clock.clone(),
             facts: facts.clone(),
             cache: cache.clone(),
-            runtime: runtime.clone(),
+            runtime: Arc::new(runtime.clone()),
             reporter: reporter.clone(),
             health: health_tx,
             renew: config.lease_renew,
@@ -512,8 +553,99 @@ async fn wait_for_pod_cidr(cache: &LocalCache, name: &str) -> String {
     }
 }
 
+/// The first wait before the agent tries again an external containerd that does not answer
+/// at start; it doubles up to [`RUNTIME_WAIT_MAX`].
+const RUNTIME_WAIT_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of an external containerd.
+const RUNTIME_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often the agent says again that it still waits for an external containerd.
+const RUNTIME_WAIT_REMINDER: Duration = Duration::from_secs(60);
+
+/// What the agent logs while it waits for an external containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitNote {
+    /// The one line saying what the agent waits for.
+    Waiting,
+    /// A reminder, at most one per [`RUNTIME_WAIT_REMINDER`].
+    StillWaiting,
+}
+
+/// The back-off of waiting for an external containerd, and when to say so: one line at the
+/// first failure and a reminder now and then, never a line per try.
+#[derive(Debug)]
+struct RuntimeWait {
+    delay: Duration,
+    noted_at: Option<Duration>,
+}
+
+impl RuntimeWait {
+    fn new() -> Self {
+        Self {
+            delay: RUNTIME_WAIT_FIRST,
+            noted_at: None,
+        }
+    }
+
+    /// A try failed `waited` into the wait: how long to wait before the next one, and what to
+    /// log now.
+    fn failed(&mut self, waited: Duration) -> (Duration, Option<WaitNote>) {
+        let note = match self.noted_at {
+            None => Some(WaitNote::Waiting),
+            Some(at) if waited >= at + RUNTIME_WAIT_REMINDER => Some(WaitNote::StillWaiting),
+            Some(_) => None,
+        };
+        if note.is_some() {
+            self.noted_at = Some(waited);
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(RUNTIME_WAIT_MAX);
+        (delay, note)
+    }
+}
+
+/// A CRI client of the external containerd at `socket` and its version, once it answers
+/// `Version`; until then tries again with back-off ([`RuntimeWait`]).
+async fn wait_for_runtime(
+    socket: &std::path::Path,
+) -> (CriRuntime, crate::cri::v1::VersionResponse) {
+    let started = tokio::time::Instant::now();
+    let mut wait = RuntimeWait::new();
+    loop {
+        let err = match CriRuntime::connect(socket).await {
+            Ok(runtime) => match runtime.version().await {
+                Ok(version) => {
+                    if wait.noted_at.is_some() {
+                        info!(socket = %socket.display(), waited_s = started.elapsed().as_secs(), "the container runtime answers; the agent goes on");
+                    }
+                    return (runtime, version);
+                }
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        let (delay, note) = wait.failed(started.elapsed());
+        match note {
+            Some(WaitNote::Waiting) => info!(
+                socket = %socket.display(), %err,
+                "waiting for the container runtime to answer at --containerd-address; trying again with back-off up to {RUNTIME_WAIT_MAX:?}"
+            ),
+            Some(WaitNote::StillWaiting) => warn!(
+                socket = %socket.display(), waited_s = started.elapsed().as_secs(), %err,
+                "the container runtime still does not answer; the agent keeps waiting"
+            ),
+            None => debug!(%err, ?delay, "the container runtime does not answer yet"),
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// How long the runtime's `Status` may take before the runtime counts as down.
 const RUNTIME_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one heartbeat write (a Lease renewal, a status post, a registration) may take. The
+/// node client has no timeout of its own, and a write that never returns must not hold back
+/// the next ones.
+const HEARTBEAT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The node's heartbeat: Lease renewals, status posts, and the runtime check that decides
 /// the Ready condition.
@@ -522,7 +654,7 @@ struct Heartbeat {
     clock: Arc<dyn Clock>,
     facts: NodeFacts,
     cache: Arc<LocalCache>,
-    runtime: CriRuntime,
+    runtime: Arc<dyn RuntimeStatus>,
     reporter: Arc<ApiReporter>,
     /// The node's health as last checked; the status keeper reads it too.
     health: watch::Sender<Health>,
@@ -535,50 +667,91 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Renews the Lease every `renew`, posts the node status every `report` and checks the
-    /// runtime and the host's pressure every `runtime_check`, posting at once when the
-    /// node's conditions changed.
+    /// Three loops that never wait for one another, as kubelet runs them: the Lease renewed
+    /// every `renew`; the runtime and the host's pressure checked every `runtime_check`; the
+    /// node status posted every `report`, at once when a check changed the conditions, and
+    /// again after `runtime_check` while a post fails. The checks never touch the server, so a
+    /// slow or unreachable server cannot keep the node from noticing its runtime is down.
     async fn run(self) {
-        let mut lease = tokio::time::interval(self.renew);
-        let mut status = tokio::time::interval(self.report);
-        let mut check = tokio::time::interval(self.runtime_check);
+        let changes = self.health.subscribe();
+        tokio::join!(
+            self.renew_lease(),
+            self.check(),
+            self.post_statuses(changes)
+        );
+    }
+
+    async fn renew_lease(&self) {
+        let mut tick = tokio::time::interval(self.renew);
         let mut failing = false;
+        loop {
+            tick.tick().await;
+            let res = within(
+                HEARTBEAT_WRITE_TIMEOUT,
+                self.writer.renew(&*self.clock, &self.facts.name),
+            )
+            .await;
+            self.handle(res, &mut failing).await;
+        }
+    }
+
+    async fn check(&self) {
+        let mut tick = tokio::time::interval(self.runtime_check);
         let mut runtime_ready = None;
         loop {
-            let res = tokio::select! {
-                _ = lease.tick() => self.writer.renew(&*self.clock, &self.facts.name).await,
-                _ = status.tick() => self.post_status().await,
-                _ = check.tick() => {
-                    let ready_changed = self.check_runtime(&mut runtime_ready).await;
-                    if !(self.check_pressure() || ready_changed) {
-                        continue;
-                    }
-                    self.post_status().await
-                }
-            };
-            match res {
-                Ok(()) if failing => {
-                    info!("heartbeats reach the server again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    // The Node or Lease is gone (deleted, or never registered offline): register.
-                    let health = self.health.borrow().clone();
-                    if let Err(err) = self
-                        .writer
-                        .register(&*self.clock, &self.facts, &health)
-                        .await
-                    {
+            tick.tick().await;
+            // Both run each time: a change of either is seen by the status loop through
+            // `health`.
+            self.check_runtime(&mut runtime_ready).await;
+            self.check_pressure();
+        }
+    }
+
+    async fn post_statuses(&self, mut changes: watch::Receiver<Health>) {
+        let mut periodic = tokio::time::interval(self.report);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = periodic.tick() => {}
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(self.runtime_check), if failing => {}
+            }
+            changes.borrow_and_update();
+            let res = within(HEARTBEAT_WRITE_TIMEOUT, self.post_status()).await;
+            self.handle(res, &mut failing).await;
+        }
+    }
+
+    /// Logs a write's outcome (once per failing spell) and registers the node when the
+    /// server has no Node or Lease for it; sets `failing` while writes fail.
+    async fn handle(&self, res: Result<(), kube::Error>, failing: &mut bool) {
+        match res {
+            Ok(()) if *failing => {
+                info!("heartbeats reach the server again");
+                *failing = false;
+            }
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                // The Node or Lease is gone (deleted, or never registered offline): register.
+                let health = self.health.borrow().clone();
+                let registered = within(
+                    HEARTBEAT_WRITE_TIMEOUT,
+                    self.writer.register(&*self.clock, &self.facts, &health),
+                )
+                .await;
+                match registered {
+                    Ok(_) => *failing = false,
+                    Err(err) => {
                         debug!(%err, "registration failed; retried");
+                        *failing = true;
                     }
                 }
-                Err(err) => {
-                    if !failing {
-                        warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
-                    }
-                    failing = true;
+            }
+            Err(err) => {
+                if !*failing {
+                    warn!(%err, "heartbeat failed; the node keeps running its pods and retries");
                 }
+                *failing = true;
             }
         }
     }
@@ -593,8 +766,8 @@ impl Heartbeat {
     }
 
     /// Samples the host and updates the pressure conditions, with kubelet's node events on
-    /// each change; returns whether one changed.
-    fn check_pressure(&self) -> bool {
+    /// each change.
+    fn check_pressure(&self) {
         let now = self
             .thresholds
             .pressure(&crate::pressure::sample(&self.data_dir));
@@ -607,7 +780,7 @@ impl Heartbeat {
             }
         };
         if now == before {
-            return false;
+            return;
         }
         let name = &self.facts.name;
         for (was, is, on, off) in [
@@ -645,20 +818,19 @@ impl Heartbeat {
             h.disk_pressure = now.disk;
             h.pid_pressure = now.pid;
         });
-        true
     }
 
-    /// Checks the runtime and updates the health; returns whether the Ready condition
-    /// changed (and so the status must be posted now). A change of readiness is logged and
-    /// recorded as node events, as kubelet records `NodeReady`/`NodeNotReady`.
-    /// `was` is the readiness last checked (`None` before the first check), updated here.
-    async fn check_runtime(&self, was: &mut Option<bool>) -> bool {
-        let ready = runtime_health(&self.runtime)
+    /// Checks the runtime and updates the health (which wakes the status loop when the Ready
+    /// condition changed). A change of readiness is logged and recorded as node events, as
+    /// kubelet records `NodeReady`/`NodeNotReady`. `was` is the readiness last checked (`None`
+    /// before the first check), updated here.
+    async fn check_runtime(&self, was: &mut Option<bool>) {
+        let ready = runtime_health(&*self.runtime)
             .await
             .map_err(|message| ("KubeletNotReady".to_owned(), message));
         debug!(?ready, "container runtime checked");
         let was_ready = was.replace(ready.is_ok());
-        let changed = self.health.send_if_modified(|h| {
+        self.health.send_if_modified(|h| {
             let changed = h.ready != ready;
             h.ready = ready.clone();
             changed
@@ -690,13 +862,12 @@ impl Heartbeat {
             }
             _ => {}
         }
-        changed
     }
 }
 
 /// The runtime's health in kubelet's words: `Err(message)` when CRI `Status` fails or a
 /// condition the node needs (`RuntimeReady`, `NetworkReady`) is false.
-async fn runtime_health(runtime: &CriRuntime) -> Result<(), String> {
+async fn runtime_health(runtime: &dyn RuntimeStatus) -> Result<(), String> {
     let conditions = match tokio::time::timeout(RUNTIME_STATUS_TIMEOUT, runtime.runtime_status())
         .await
     {
@@ -738,6 +909,7 @@ pub async fn cleanup(adir: &std::path::Path) -> Result<(), AgentError> {
     if !adir.exists() {
         return Ok(());
     }
+    let _lock = lock_agent_dir(adir)?;
     let config = ContainerdConfig::new(adir);
     if config.dir().exists() {
         match ManagedContainerd::start(config).await {
@@ -776,3 +948,6 @@ pub async fn cleanup(adir: &std::path::Path) -> Result<(), AgentError> {
     std::fs::remove_dir_all(&adir_abs).map_err(io)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

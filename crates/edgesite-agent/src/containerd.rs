@@ -1,8 +1,10 @@
 //! A containerd owned by the agent, as k3s runs one: a generated `config.toml` with its own root,
 //! state and socket under the agent's directory (`ADIR/containerd/`), so it never meets a
 //! system containerd; a supervisor task that restarts it with back-off when it dies; a stop by
-//! PID on shutdown or drop. Shims are left running on purpose (pods outlive an agent restart);
-//! removing the pods through CRI is what ends them.
+//! PID on shutdown or drop. Its PID is kept in `ADIR/containerd/containerd.pid`, so an agent
+//! started after one that was killed (SIGKILL, OOM, power to the agent only) stops the
+//! containerd left behind before it starts its own. Shims are left running on purpose (pods
+//! outlive an agent restart); removing the pods through CRI is what ends them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -169,6 +171,10 @@ impl ContainerdConfig {
     pub fn log_path(&self) -> PathBuf {
         self.dir().join("containerd.log")
     }
+    /// `ADIR/containerd/containerd.pid`: the PID of the containerd the agent runs.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir().join("containerd.pid")
+    }
     /// `ADIR/cni/net.d`: the CNI configuration the CRI plugin reads.
     pub fn cni_conf_dir(&self) -> PathBuf {
         crate::cni::conf_dir(&self.agent_dir)
@@ -277,12 +283,14 @@ pub struct ManagedContainerd {
 }
 
 impl ManagedContainerd {
-    /// Writes the configuration, starts containerd and waits until its CRI socket answers
-    /// `Version`; then supervises it.
+    /// Stops a containerd an earlier agent left running on this directory, writes the
+    /// configuration, starts containerd and waits until its CRI socket answers `Version`;
+    /// then supervises it.
     pub async fn start(config: ContainerdConfig) -> Result<Self> {
         if !config.binary.is_file() {
             return Err(Error::NoBinary(config.binary.clone()));
         }
+        stop_left_behind(&config).await;
         config.write()?;
         let mut child = spawn(&config)?;
         let runtime = match wait_ready(&config, &mut child).await {
@@ -341,6 +349,7 @@ impl Drop for ManagedContainerd {
             supervisor.abort();
             if let Some(pid) = self.pid() {
                 signal(pid, Signal::SIGKILL);
+                let _ = std::fs::remove_file(self.config.pid_file());
             }
         }
     }
@@ -362,7 +371,7 @@ fn spawn(config: &ContainerdConfig) -> Result<tokio::process::Child> {
     })?;
     // A stale socket from a killed run would make containerd refuse to listen.
     let _ = std::fs::remove_file(config.socket());
-    tokio::process::Command::new(&config.binary)
+    let child = tokio::process::Command::new(&config.binary)
         .arg("--config")
         .arg(config.config_path())
         .current_dir(config.dir())
@@ -374,7 +383,100 @@ fn spawn(config: &ContainerdConfig) -> Result<tokio::process::Child> {
         .map_err(|source| Error::Spawn {
             binary: config.binary.clone(),
             source,
+        })?;
+    if let Some(pid) = child.id() {
+        write_pid_file(config, pid);
+    }
+    Ok(child)
+}
+
+/// Records `pid` in the PID file (written aside and renamed, so a reader never sees half of
+/// it). A failure is only logged: without the file the next agent still finds the process by
+/// its command line.
+fn write_pid_file(config: &ContainerdConfig, pid: u32) {
+    let path = config.pid_file();
+    let tmp = path.with_extension("pid.tmp");
+    if let Err(error) =
+        std::fs::write(&tmp, format!("{pid}\n")).and_then(|()| std::fs::rename(&tmp, &path))
+    {
+        tracing::warn!(path = %path.display(), %error, "cannot write containerd's PID file");
+    }
+}
+
+/// Whether `cmdline` (the NUL-separated `/proc/PID/cmdline`) is a containerd running with the
+/// configuration `config_path`: a recycled PID, a containerd of another agent directory or a
+/// zombie (empty command line) is not.
+fn is_containerd_of(cmdline: &[u8], config_path: &Path) -> bool {
+    let args: Vec<&[u8]> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let config = config_path.as_os_str().as_encoded_bytes();
+    args.windows(3).any(|w| {
+        w[0].rsplit(|&b| b == b'/').next() == Some(b"containerd".as_slice())
+            && w[1] == b"--config"
+            && w[2] == config
+    })
+}
+
+/// Whether process `pid` is a containerd of `config` (see [`is_containerd_of`]).
+fn is_running_containerd(pid: u32, config: &ContainerdConfig) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| is_containerd_of(&cmdline, &config.config_path()))
+}
+
+/// The containerd of `config` that runs without this agent: the PID file's process if it
+/// still is that containerd, else (no PID file, as agents before it wrote none, or a stale one)
+/// any process whose command line names the configuration.
+pub fn left_behind(config: &ContainerdConfig) -> Option<u32> {
+    let recorded = std::fs::read_to_string(config.pid_file())
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    if let Some(pid) = recorded
+        && is_running_containerd(pid, config)
+    {
+        return Some(pid);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            is_running_containerd(pid, config).then_some(pid)
         })
+}
+
+/// Stops the containerd an earlier agent left running on this directory (SIGTERM, SIGKILL
+/// after the stop timeout), so the new one owns the socket and the metadata database. Its
+/// containers keep running: their shims outlive it, and the new containerd reconnects to them
+/// as after a crash, so the pod workers adopt them.
+async fn stop_left_behind(config: &ContainerdConfig) {
+    let Some(pid) = left_behind(config) else {
+        let _ = std::fs::remove_file(config.pid_file());
+        return;
+    };
+    tracing::info!(
+        pid,
+        config = %config.config_path().display(),
+        "stopping the containerd a previous agent left running; its containers keep running"
+    );
+    signal(pid, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + config.stop_timeout;
+    while is_running_containerd(pid, config) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(pid, timeout = ?config.stop_timeout, "the containerd left behind ignored SIGTERM; killing it");
+            signal(pid, Signal::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL takes effect at once, but the exit (and the release of its socket and database
+    // lock) may lag a little.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(5);
+    while is_running_containerd(pid, config) && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(config.pid_file());
 }
 
 async fn wait_ready(
@@ -427,6 +529,7 @@ async fn supervise(
             _ = stop.changed() => {
                 terminate(&config, &mut child).await;
                 pid.store(0, Ordering::SeqCst);
+                let _ = std::fs::remove_file(config.pid_file());
                 return;
             }
         };
@@ -608,6 +711,133 @@ mod tests {
         assert!(matches!(err, Error::Exited { .. }), "{text}");
         assert!(text.contains("exit status: 7"), "{text}");
         assert!(text.contains("cannot load config"), "{text}");
+    }
+
+    #[test]
+    fn only_a_containerd_with_this_configuration_counts_as_left_behind() {
+        let config = Path::new("/tmp/a/containerd/config.toml");
+        let cmdline = |args: &[&str]| args.join("\0").into_bytes();
+        for (args, ours) in [
+            (
+                &[
+                    "/usr/bin/containerd",
+                    "--config",
+                    "/tmp/a/containerd/config.toml",
+                ][..],
+                true,
+            ),
+            (
+                &["containerd", "--config", "/tmp/a/containerd/config.toml"],
+                true,
+            ),
+            // Another agent directory's containerd.
+            (
+                &[
+                    "/usr/bin/containerd",
+                    "--config",
+                    "/tmp/b/containerd/config.toml",
+                ],
+                false,
+            ),
+            (
+                &[
+                    "/usr/bin/containerd",
+                    "--config",
+                    "/tmp/a/containerd/config.toml.old",
+                ],
+                false,
+            ),
+            // A shim of this containerd, and what a recycled PID may be.
+            (
+                &[
+                    "/usr/bin/containerd-shim-runc-v2",
+                    "-namespace",
+                    "k8s.io",
+                    "-address",
+                    "/tmp/a/containerd/containerd.sock",
+                ],
+                false,
+            ),
+            (&["sleep", "30"], false),
+            // A zombie's command line is empty.
+            (&[], false),
+        ] {
+            assert_eq!(is_containerd_of(&cmdline(args), config), ours, "{args:?}");
+        }
+        // /proc ends the command line with a NUL.
+        let mut with_nul = cmdline(&[
+            "/usr/bin/containerd",
+            "--config",
+            "/tmp/a/containerd/config.toml",
+        ]);
+        with_nul.push(0);
+        assert!(is_containerd_of(&with_nul, config));
+    }
+
+    #[tokio::test]
+    async fn a_recycled_pid_in_the_pid_file_is_never_signalled() {
+        let dir = tempfile::Builder::new()
+            .prefix("es-t-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let config = ContainerdConfig::new(dir.path());
+        config.write().unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(config.pid_file(), format!("{}\n", other.id())).unwrap();
+        assert_eq!(left_behind(&config), None);
+        stop_left_behind(&config).await;
+        let still = other.try_wait().unwrap();
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(
+            still.is_none(),
+            "the unrelated process was signalled: {still:?}"
+        );
+        assert!(!config.pid_file().exists(), "the stale PID file is removed");
+    }
+
+    #[tokio::test]
+    async fn a_containerd_left_behind_is_found_without_a_pid_file_and_stopped_with_sigterm() {
+        let dir = tempfile::Builder::new()
+            .prefix("es-t-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let config = ContainerdConfig::new(dir.path());
+        config.write().unwrap();
+        // A stand-in whose command line is containerd's (`sh -c SCRIPT containerd --config
+        // PATH`) and that exits 0 on SIGTERM only; it says when its trap is set.
+        let script = "trap 'exit 0' TERM; : > \"$2.ready\"; while :; do sleep 0.05; done";
+        let mut stand_in = std::process::Command::new("sh")
+            .args(["-c", script, "containerd", "--config"])
+            .arg(config.config_path())
+            .spawn()
+            .unwrap();
+        let pid = stand_in.id();
+        let ready = config.dir().join("config.toml.ready");
+        for _ in 0..100 {
+            if ready.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let found = left_behind(&config);
+        if found != Some(pid) {
+            let _ = stand_in.kill();
+            let _ = stand_in.wait();
+            panic!("found {found:?}, want {pid}");
+        }
+        stop_left_behind(&config).await;
+        let status = stand_in.try_wait().unwrap();
+        let _ = stand_in.kill();
+        let _ = stand_in.wait();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "stopped by SIGTERM within the stop timeout: {status:?}"
+        );
+        assert_eq!(left_behind(&config), None);
     }
 
     #[test]

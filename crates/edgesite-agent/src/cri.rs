@@ -207,6 +207,27 @@ impl CriRuntime {
     }
 }
 
+/// What the node's heartbeat asks the runtime: its conditions (CRI `Status`). Apart from
+/// [`Runtime`], so the heartbeat is tested with a runtime that goes down on demand.
+#[async_trait::async_trait]
+pub trait RuntimeStatus: Send + Sync + std::fmt::Debug {
+    /// The runtime's conditions (`RuntimeReady`, `NetworkReady`).
+    async fn runtime_status(&self) -> Result<Vec<cri::RuntimeCondition>>;
+    /// Where the runtime is reached, for messages.
+    fn socket(&self) -> &Path;
+}
+
+#[async_trait::async_trait]
+impl RuntimeStatus for CriRuntime {
+    async fn runtime_status(&self) -> Result<Vec<cri::RuntimeCondition>> {
+        CriRuntime::runtime_status(self).await
+    }
+
+    fn socket(&self) -> &Path {
+        CriRuntime::socket(self)
+    }
+}
+
 #[async_trait::async_trait]
 impl Runtime for CriRuntime {
     async fn version(&self) -> Result<cri::VersionResponse> {

@@ -30,6 +30,8 @@ pub mod cni;
 pub mod containerd;
 #[cfg(feature = "runtime")]
 pub mod cri;
+#[cfg(all(test, feature = "runtime"))]
+mod fake_api;
 #[cfg(feature = "runtime")]
 pub mod images;
 #[cfg(feature = "runtime")]

@@ -1,9 +1,12 @@
 //! What the pod workers learn, written to the API server: pod status (the status
 //! subresource), events, and the final delete of terminated pods (grace period 0, as kubelet
-//! finishes a deletion). [`ApiReporter`] queues everything and a writer task sends it; while
-//! the server is unreachable the queue holds the latest status per pod (a later one replaces
-//! an earlier one), the terminations, and up to [`MAX_EVENTS`] events (older ones are dropped
-//! and counted), so offline costs bounded memory and a reconnect sends only what is current.
+//! finishes a deletion). [`ApiReporter`] queues everything and two writers send it, one for
+//! the pod statuses and final deletes and one for the events, so a slow or failing event
+//! write never holds back a pod's status (the status is what controllers and `kubectl wait`
+//! act on; an event is only a record). While the server is unreachable the queue holds the
+//! latest status per pod (a later one replaces an earlier one), the terminations, and up to
+//! [`MAX_EVENTS`] events (older ones are dropped and counted), so offline costs bounded memory
+//! and a reconnect sends only what is current.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,23 @@ pub const MAX_EVENTS: usize = 1000;
 
 /// The field manager of what the agent writes.
 pub const FIELD_MANAGER: &str = "edgesite-agent";
+
+/// How long one write may take before it counts as failed and is retried: the node client
+/// has no timeout of its own.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `write`, failing when it takes longer than `limit`.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(res) => res,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer within {limit:?}").into(),
+        )),
+    }
+}
 
 #[derive(Debug, Clone)]
 struct PodId {
@@ -56,7 +76,10 @@ pub struct ApiReporter {
     node_name: String,
     clock: Arc<dyn Clock>,
     queue: Mutex<Queue>,
-    ready: Notify,
+    /// A status or termination was queued.
+    statuses_queued: Notify,
+    /// An event was queued.
+    events_queued: Notify,
 }
 
 impl ApiReporter {
@@ -66,7 +89,8 @@ impl ApiReporter {
             node_name: node_name.to_owned(),
             clock,
             queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
+            statuses_queued: Notify::new(),
+            events_queued: Notify::new(),
         })
     }
 
@@ -80,15 +104,26 @@ impl ApiReporter {
         (q.statuses.len(), q.terminated.len(), q.events.len())
     }
 
-    /// Sends what is queued through `client` until dropped; on failure keeps it and retries
-    /// with back-off (1 s doubling to 30 s).
+    /// Sends what is queued through `client` until dropped: statuses and final deletes on one
+    /// writer, events on the other. Each keeps what failed and retries with its own back-off
+    /// (1 s doubling to 30 s).
     pub async fn run(self: Arc<Self>, client: Client) {
-        let mut backoff = Duration::from_secs(1);
-        let mut failing = false;
-        loop {
-            let notified = self.ready.notified();
-            let (statuses, terminated, events) = {
-                let mut q = self.queue();
+        let statuses = self.write_loop(
+            &self.statuses_queued,
+            "pod status reports",
+            |q| {
+                let batch = (
+                    std::mem::take(&mut q.statuses),
+                    std::mem::take(&mut q.terminated),
+                );
+                (!batch.0.is_empty() || !batch.1.is_empty()).then_some(batch)
+            },
+            |(statuses, terminated)| self.send_statuses(&client, statuses, terminated),
+        );
+        let events = self.write_loop(
+            &self.events_queued,
+            "events",
+            |q| {
                 if q.dropped_events > 0 {
                     warn!(
                         dropped = q.dropped_events,
@@ -96,27 +131,46 @@ impl ApiReporter {
                     );
                     q.dropped_events = 0;
                 }
-                (
-                    std::mem::take(&mut q.statuses),
-                    std::mem::take(&mut q.terminated),
-                    std::mem::take(&mut q.events),
-                )
-            };
-            if statuses.is_empty() && terminated.is_empty() && events.is_empty() {
+                let events = std::mem::take(&mut q.events);
+                (!events.is_empty()).then_some(events)
+            },
+            |events| self.send_events(&client, events),
+        );
+        tokio::join!(statuses, events);
+    }
+
+    /// Takes a batch from the queue with `take` whenever `queued` fires and sends it with
+    /// `send`, which puts back what failed and says whether everything went; after a failure
+    /// waits with back-off before the next batch.
+    async fn write_loop<B, Fut>(
+        &self,
+        queued: &Notify,
+        what: &'static str,
+        mut take: impl FnMut(&mut Queue) -> Option<B>,
+        mut send: impl FnMut(B) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut backoff = Duration::from_secs(1);
+        let mut failing = false;
+        loop {
+            let notified = queued.notified();
+            let batch = take(&mut self.queue());
+            let Some(batch) = batch else {
                 notified.await;
                 continue;
-            }
-            let ok = self.send(&client, statuses, terminated, events).await;
-            if ok {
+            };
+            if send(batch).await {
                 if failing {
-                    info!("pod status reports reach the server again");
+                    info!(what, "reports reach the server again");
                 }
                 failing = false;
                 backoff = Duration::from_secs(1);
             } else {
                 if !failing {
                     warn!(
-                        "cannot report to the server; keeping the latest pod statuses and retrying"
+                        what,
+                        "cannot report to the server; keeping the latest and retrying"
                     );
                 }
                 failing = true;
@@ -126,14 +180,13 @@ impl ApiReporter {
         }
     }
 
-    /// Sends one batch; what fails for a retryable reason goes back to the queue (unless a
-    /// newer status replaced it meanwhile). Returns whether everything went.
-    async fn send(
+    /// Sends statuses and final deletes; what fails for a retryable reason goes back to the
+    /// queue (unless a newer status replaced it meanwhile). Returns whether everything went.
+    async fn send_statuses(
         &self,
         client: &Client,
         statuses: HashMap<String, (PodId, PodStatus)>,
         terminated: Vec<PodId>,
-        events: VecDeque<Event>,
     ) -> bool {
         let mut all_ok = true;
         let params = PatchParams {
@@ -143,10 +196,8 @@ impl ApiReporter {
         for (uid, (id, status)) in statuses {
             let api: Api<Pod> = Api::namespaced(client.clone(), &id.namespace);
             let body = json!({"metadata": {"uid": id.uid}, "status": status});
-            match api
-                .patch_status(&id.name, &params, &Patch::Merge(&body))
-                .await
-            {
+            let patch = Patch::Merge(&body);
+            match within(WRITE_TIMEOUT, api.patch_status(&id.name, &params, &patch)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 || e.code == 422 => {
                     debug!(pod = %id.name, code = e.code, msg = %e.message, "status not written: the pod is gone or changed");
@@ -168,7 +219,7 @@ impl ApiReporter {
                 }),
                 ..DeleteParams::default()
             };
-            match api.delete(&id.name, &dp).await {
+            match within(WRITE_TIMEOUT, api.delete(&id.name, &dp)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(err) => {
@@ -178,10 +229,17 @@ impl ApiReporter {
                 }
             }
         }
+        all_ok
+    }
+
+    /// Sends events; one that fails for a retryable reason goes back to the queue (while it
+    /// has room). Returns whether everything went.
+    async fn send_events(&self, client: &Client, events: VecDeque<Event>) -> bool {
+        let mut all_ok = true;
         for ev in events {
             let ns = ev.namespace().unwrap_or_default();
             let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-            match api.create(&PostParams::default(), &ev).await {
+            match within(WRITE_TIMEOUT, api.create(&PostParams::default(), &ev)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code != 429 && e.code < 500 => {
                     debug!(code = e.code, msg = %e.message, "event refused");
@@ -206,7 +264,7 @@ impl Reporter for ApiReporter {
     fn pod_status(&self, pod: &Pod, status: PodStatus) {
         let id = PodId::of(pod);
         self.queue().statuses.insert(id.uid.clone(), (id, status));
-        self.ready.notify_one();
+        self.statuses_queued.notify_one();
     }
 
     fn event(
@@ -244,7 +302,7 @@ impl Reporter for ApiReporter {
 
     fn pod_terminated(&self, pod: &Pod) {
         self.queue().terminated.push(PodId::of(pod));
-        self.ready.notify_one();
+        self.statuses_queued.notify_one();
     }
 }
 
@@ -284,7 +342,7 @@ impl ApiReporter {
         }
         q.events.push_back(ev);
         drop(q);
-        self.ready.notify_one();
+        self.events_queued.notify_one();
     }
 }
 
@@ -326,6 +384,87 @@ mod tests {
         let ev = q.events.back().unwrap();
         assert_eq!(ev.involved_object.uid.as_deref(), Some("u1"));
         assert_eq!(ev.source.as_ref().unwrap().host.as_deref(), Some("n1"));
+    }
+
+    /// What the fake server saw of the reporter's writes, and when.
+    #[derive(Debug, Default)]
+    struct Seen {
+        status_patches: Mutex<Vec<tokio::time::Instant>>,
+        event_posts: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    /// A server that records status patches and events, answering events with `events`.
+    fn server(events: crate::fake_api::Reply) -> (Client, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        let client = crate::fake_api::client(move |_, path, _| {
+            let now = tokio::time::Instant::now();
+            if path.ends_with("/events") {
+                s.event_posts.lock().unwrap().push(now);
+                return events.clone();
+            }
+            if path.ends_with("/pods/p/status") {
+                s.status_patches.lock().unwrap().push(now);
+                let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "p", "namespace": "d", "uid": "u1"}});
+                return crate::fake_api::Reply::Json(200, pod);
+            }
+            crate::fake_api::failure(404)
+        });
+        (client, seen)
+    }
+
+    /// Queues an event, then (once it is being written) a pod status; returns how long the
+    /// status took to reach the server, `None` after a minute.
+    async fn status_delay_behind_an_event(
+        events: crate::fake_api::Reply,
+    ) -> (Option<Duration>, Arc<Seen>) {
+        let (client, seen) = server(events);
+        let r = ApiReporter::new("n1", Arc::new(edgesite_clock::SystemClock));
+        let writer = tokio::spawn(r.clone().run(client));
+        r.node_event(EventType::Warning, "ContainerRuntimeDown", "down".into());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !seen.event_posts.lock().unwrap().is_empty(),
+            "the event was sent"
+        );
+        let queued = tokio::time::Instant::now();
+        r.pod_status(&pod("u1"), PodStatus::default());
+        let mut took = None;
+        while queued.elapsed() < Duration::from_secs(60) {
+            if let Some(at) = seen.status_patches.lock().unwrap().first() {
+                took = Some(at.saturating_duration_since(queued));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        writer.abort();
+        (took, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_write_that_never_returns_does_not_hold_back_pod_statuses() {
+        let (took, _) = status_delay_behind_an_event(crate::fake_api::Reply::Hang).await;
+        assert!(
+            took.is_some_and(|t| t < Duration::from_millis(100)),
+            "the status reached the server after {took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_event_writes_back_off_without_delaying_pod_statuses() {
+        let (took, seen) = status_delay_behind_an_event(crate::fake_api::failure(500)).await;
+        assert!(
+            took.is_some_and(|t| t < Duration::from_millis(100)),
+            "the status reached the server after {took:?}"
+        );
+        // The event is kept and retried after its back-off (1 s, then 2 s).
+        let posts = seen.event_posts.lock().unwrap().clone();
+        assert!(posts.len() >= 2, "retried: {posts:?}");
+        assert!(
+            posts[1].saturating_duration_since(posts[0]) >= Duration::from_secs(1),
+            "with back-off: {posts:?}"
+        );
     }
 
     #[test]

@@ -162,6 +162,12 @@ impl Site {
         }
     }
 
+    /// Kills node `name`'s agent with SIGKILL (no chance to stop its containerd) and reaps it.
+    fn kill_agent(&mut self, name: &str) -> Result<()> {
+        let agent = self.agent(name)?;
+        agent.running.take().context("not running")?.kill()
+    }
+
     /// Whether node `name`'s agent process still runs.
     fn agent_alive(&mut self, name: &str) -> Result<bool> {
         let agent = self.agent(name)?;
@@ -316,8 +322,8 @@ impl Drop for Site {
         dirs.sort();
         dirs.dedup();
         for dir in dirs {
-            // A killed agent leaves its containerd running; the cleanup needs it gone (it
-            // starts one of its own on the same directory to remove the pods).
+            // A killed agent leaves its containerd running. The cleanup stops it itself;
+            // killing it here first keeps the teardown working whatever the test left.
             for _ in 0..50 {
                 let Some(pid) = containerd_pid(dir) else {
                     break;
@@ -361,18 +367,55 @@ fn in_cidr(ip: &str, cidr: &str) -> Result<bool> {
 
 /// The pid of the containerd running with `adir`'s configuration.
 fn containerd_pid(adir: &Path) -> Option<u32> {
+    containerd_pids(adir).first().copied()
+}
+
+/// The pids of every containerd running with `adir`'s configuration (zombies, whose command
+/// line is empty, are not).
+fn containerd_pids(adir: &Path) -> Vec<u32> {
     let config = adir.join("containerd").join("config.toml");
     let needle = config.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        (args.first().is_some_and(|a| a.ends_with("containerd")) && args.contains(&needle))
-            .then_some(pid)
-    })
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.first().is_some_and(|a| a.ends_with("containerd")) && args.contains(&needle))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// A pod that runs until it is deleted, and stops at once on SIGTERM.
+const STEADY_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: edgesite.io/busybox:1
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"#;
+
+/// Pod `steady`'s container id, restart count and readiness.
+fn steady_container(site: &Site) -> Result<String> {
+    site.k(&[
+        "get",
+        "pod",
+        "steady",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID} \
+         {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}",
+    ])
 }
 
 const DAEMONSET: &str = r#"apiVersion: apps/v1
@@ -618,20 +661,7 @@ fn an_external_containerd_down_makes_the_node_not_ready_until_it_is_back() -> Re
     )?;
     site.wait_ready("edge-x", "True", 90)?;
     let pod = site.dir.join("pod.yaml");
-    std::fs::write(
-        &pod,
-        r#"apiVersion: v1
-kind: Pod
-metadata: {name: steady}
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: app
-    image: edgesite.io/busybox:1
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"#,
-    )?;
+    std::fs::write(&pod, STEADY_POD)?;
     site.k(&["apply", "-f", &pod.to_string_lossy()])?;
     site.k(&[
         "wait",
@@ -639,16 +669,7 @@ spec:
         "pod/steady",
         "--timeout=60s",
     ])?;
-    let container = |site: &Site| {
-        site.k(&[
-            "get",
-            "pod",
-            "steady",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].ready}",
-        ])
-    };
-    let before = container(&site)?;
+    let before = steady_container(&site)?;
 
     site.stop_containerd(&adir)?;
     let stopped = Instant::now();
@@ -684,10 +705,177 @@ spec:
     // in the same container once the workers reach the runtime again.
     let mut after = String::new();
     eventually(60, "pod steady ready in the same container", || {
-        after = container(&site)?;
+        after = steady_container(&site)?;
         Ok((after != before).then(|| format!("{before} → {after}")))
     })?;
     site.k(&["delete", "pod", "steady", "--timeout=60s"])?;
+    site.passed();
+    Ok(())
+}
+
+#[test]
+fn a_killed_agent_started_again_replaces_its_old_containerd_and_adopts_the_pod() -> Result<()> {
+    let mut site = Site::start("es-mk-")?;
+    let adir = site.agent_dir("edge-k")?;
+    let token = site.token_copy("token-k")?;
+    site.start_agent("edge-k", Some(&token), &[])?;
+    site.wait_ready("edge-k", "True", 90)?;
+    let pod = site.dir.join("pod.yaml");
+    std::fs::write(&pod, STEADY_POD)?;
+    site.k(&["apply", "-f", &pod.to_string_lossy()])?;
+    site.k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/steady",
+        "--timeout=60s",
+    ])?;
+    let before = steady_container(&site)?;
+    ensure!(
+        before.ends_with(" 0 true"),
+        "running, never restarted: {before}"
+    );
+    let old = containerd_pids(&adir);
+    ensure!(
+        old.len() == 1,
+        "one containerd for {}: {old:?}",
+        adir.display()
+    );
+    let pid_file = adir.join("containerd").join("containerd.pid");
+    ensure!(
+        std::fs::read_to_string(&pid_file)?.trim() == old[0].to_string(),
+        "the PID file names the running containerd"
+    );
+
+    // SIGKILL: the agent cannot stop its containerd, which keeps running on its own.
+    site.kill_agent("edge-k")?;
+    ensure!(
+        containerd_pids(&adir) == old,
+        "the killed agent's containerd is left running: {:?}",
+        containerd_pids(&adir)
+    );
+    let restarted = Instant::now();
+    site.start_agent("edge-k", None, &[])?;
+    eventually(60, "the restarted agent running", || {
+        let log = std::fs::read_to_string(&site.agent("edge-k")?.log)?;
+        if !site.agent_alive("edge-k")? {
+            anyhow::bail!("the restarted agent exited:\n{log}");
+        }
+        Ok((!log.contains("agent running")).then_some(log))
+    })?;
+    eprintln!(
+        "FIGURE SIGKILLed agent restart → running {:.2} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string(&site.agent("edge-k")?.log)?;
+    ensure!(
+        log.contains("stopping the containerd a previous agent left running"),
+        "{log}"
+    );
+    let now = containerd_pids(&adir);
+    ensure!(
+        now.len() == 1 && now != old,
+        "exactly one containerd for the directory, the new agent's: {old:?} → {now:?}"
+    );
+    site.wait_ready("edge-k", "True", 60)?;
+    // A second agent on the same directory is refused, and leaves the containerd alone.
+    let out = site
+        .agent_command("edge-k", None, &[])
+        .stderr(Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("another edgesite agent uses"),
+        "{}: {stderr}",
+        out.status
+    );
+    ensure!(containerd_pids(&adir) == now, "the containerd left alone");
+    // Past a few pod syncs of the new agent: the same container, never restarted.
+    std::thread::sleep(Duration::from_secs(6));
+    let after = steady_container(&site)?;
+    ensure!(
+        after == before,
+        "the pod adopted in the same container: {before} → {after}"
+    );
+    ensure!(
+        containerd_pids(&adir) == now,
+        "still exactly one containerd"
+    );
+
+    // Killed again, `edgesite agent --cleanup` stops the containerd left behind itself.
+    site.kill_agent("edge-k")?;
+    ensure!(containerd_pids(&adir) == now, "left running again");
+    let out = cleanup(&adir)?;
+    ensure!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        containerd_pids(&adir).is_empty(),
+        "no containerd after the cleanup: {:?}",
+        containerd_pids(&adir)
+    );
+    ensure!(!adir.exists(), "the agent directory is gone");
+    site.passed();
+    Ok(())
+}
+
+#[test]
+fn an_agent_waits_for_an_external_containerd_that_does_not_answer_yet() -> Result<()> {
+    let mut site = Site::start("es-mw-")?;
+    let adir = site.agent_dir("edge-w")?;
+    // The socket the test's containerd will listen on; nothing does yet.
+    let socket = edgesite_agent::containerd::ContainerdConfig::new(&adir).socket();
+    let token = site.token_copy("token-w")?;
+    let socket_arg = socket.to_string_lossy().into_owned();
+    site.start_agent(
+        "edge-w",
+        Some(&token),
+        &["--containerd-address", &socket_arg],
+    )?;
+    let waiting = "waiting for the container runtime to answer at --containerd-address";
+    eventually(60, "the agent saying what it waits for", || {
+        let log = std::fs::read_to_string(&site.agent("edge-w")?.log)?;
+        if !site.agent_alive("edge-w")? {
+            anyhow::bail!("the agent exited without its runtime:\n{log}");
+        }
+        Ok((!log.contains(waiting)).then_some(log))
+    })?;
+    // A few tries later (after 1, 2 and 4 s): still running, and still one line about it.
+    std::thread::sleep(Duration::from_secs(8));
+    ensure!(
+        site.agent_alive("edge-w")?,
+        "the agent waits for its runtime"
+    );
+    let log = std::fs::read_to_string(&site.agent("edge-w")?.log)?;
+    let line = log
+        .lines()
+        .find(|l| l.contains(waiting))
+        .context("the waiting line")?;
+    ensure!(line.contains(&socket_arg), "names the socket: {line}");
+    ensure!(
+        log.matches(waiting).count() == 1,
+        "one line, not one per try:\n{log}"
+    );
+    let (status, _, message) = site.ready("edge-w")?;
+    ensure!(
+        status == "False",
+        "NotReady while it waits: {status} {message}"
+    );
+
+    site.start_containerd(&adir)?;
+    let up = Instant::now();
+    site.wait_ready("edge-w", "True", 60)?;
+    eprintln!(
+        "FIGURE external containerd up late → node Ready=True {:.2} s",
+        up.elapsed().as_secs_f64()
+    );
+    let log = std::fs::read_to_string(&site.agent("edge-w")?.log)?;
+    ensure!(
+        log.contains("the container runtime answers; the agent goes on"),
+        "{log}"
+    );
+    ensure!(log.contains("agent running"), "{log}");
     site.passed();
     Ok(())
 }
