@@ -73,8 +73,7 @@ fn values<'h>(headers: &'h HeaderMap, name: &str) -> Result<Vec<&'h str>, Refusa
 fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Refusal> {
     let v = values(headers, name)?;
     match v.as_slice() {
-        [] => Ok(None),
-        [one] if one.is_empty() => Ok(None),
+        [] | [""] => Ok(None),
         [one] => Ok(Some(one)),
         // Upstream reads the first; two different users in one request is a smuggling attempt.
         _ => Err(Refusal::BadRequest(format!(

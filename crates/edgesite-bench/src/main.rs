@@ -461,7 +461,8 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             | FigureKind::ClusterRollout
             | FigureKind::ClusterIdle
             | FigureKind::Scheduling
-            | FigureKind::Node => {}
+            | FigureKind::Node
+            | FigureKind::Authz => {}
         }
     }
     if let Some(plan) = ctx.settings.server_plan() {

@@ -7,10 +7,21 @@ fn rule(v: Value) -> PolicyRule {
     PolicyRule::from_json(&v)
 }
 
+/// rule, verb, group, resource, subresource, name, allowed.
+type ResourceCase<'a> = (
+    Value,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    bool,
+);
+
 #[test]
 fn resource_rules_match_verbs_groups_resources_subresources_and_names() {
     // rule, verb, group, resource, subresource, name, allowed
-    let cases: &[(Value, &str, &str, &str, Option<&str>, Option<&str>, bool)] = &[
+    let cases: &[ResourceCase<'_>] = &[
         (
             json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}),
             "get",
