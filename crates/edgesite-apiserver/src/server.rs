@@ -402,11 +402,14 @@ impl Server {
         // The router (kept for in-process clients) holds the state too.
         let (state, app) = (self.state, self.app);
         let released = Arc::downgrade(&state);
+        // Watch caches (the RBAC cache keeps four) stop their feeding tasks by aborting them,
+        // which drops their store handles a moment later: wait for the store itself too.
+        let store_released = Arc::downgrade(&state.store);
         let _ = tokio::task::spawn_blocking(move || drop((app, state))).await;
         // A task still finishing a request may hold the state a moment longer; the caller
         // expects the store closed (and its file free) once this returns.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_RELEASE_TIMEOUT;
-        while released.strong_count() > 0 {
+        while released.strong_count() > 0 || store_released.strong_count() > 0 {
             if tokio::time::Instant::now() >= deadline {
                 warn!("the server state is still held after shutdown; the store closes later");
                 break;
