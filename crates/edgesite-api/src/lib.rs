@@ -15,6 +15,7 @@ pub mod pod_refs;
 pub mod predicates;
 pub mod protobuf;
 pub mod quantity;
+pub mod rbac;
 pub mod registry;
 pub mod selector;
 pub mod status;

@@ -67,6 +67,11 @@ const DOCUMENTS: &[(&str, &str, &[u8])] = &[
         "v1",
         include_bytes!("../data/openapi/apis__events.k8s.io__v1.json"),
     ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        include_bytes!("../data/openapi/apis__rbac.authorization.k8s.io__v1.json"),
+    ),
 ];
 
 /// How deep `$ref`/`allOf` chains are followed before giving up; the documents nest one or two

@@ -1,15 +1,23 @@
-//! Authorization: may this user do this? An [`Authorizer`] decides on [`RequestAttributes`];
-//! RBAC and the node authorizer will be further implementations.
+//! Authorization: may this user do this? An [`Authorizer`] decides on [`RequestAttributes`].
+//! The server composes them as kube-apiserver does ([`Union`]): the privileged
+//! `system:masters` group ([`MastersAuthorizer`]), the node authorizer ([`NodeAuthorizer`]),
+//! then RBAC ([`crate::rbac::RbacAuthorizer`]), whose default bindings grant everyone the
+//! public-info paths, authenticated users discovery and self reviews.
 
 use std::fmt;
+use std::sync::Arc;
 
-use crate::authn::{AUTHENTICATED_GROUP, Identity};
+use edgesite_api::rbac::PolicyRule;
+
+use crate::authn::Identity;
 use crate::pki::ADMIN_GROUP;
 
 /// Non-resource paths every user, anonymous included, may `get` — upstream's
 /// `system:public-info-viewer` cluster role, bound to `system:authenticated` and
 /// `system:unauthenticated`; and EdgeSite's `/cacerts`, the cluster CA a joining node checks
 /// against the pin in its token before it trusts the server (k3s serves the same).
+/// Anonymous requests reach these paths only (the authentication layer asks for credentials
+/// elsewhere).
 pub const PUBLIC_INFO_PATHS: [&str; 6] = [
     "/healthz",
     "/livez",
@@ -24,34 +32,17 @@ pub fn is_public_info_path(path: &str) -> bool {
     PUBLIC_INFO_PATHS.contains(&path)
 }
 
-/// Whether `path` is an OpenAPI document (`/openapi/v3`, `/openapi/v3/apis/apps/v1`…), which
-/// upstream's `system:discovery` cluster role lets every authenticated user `get`.
-pub fn is_openapi_path(path: &str) -> bool {
-    path == "/openapi/v3" || path.starts_with("/openapi/v3/")
-}
+/// The path of the cluster CA, which no RBAC role names: a node reads it before it has any
+/// identity, so it stays open to everyone whatever the RBAC objects say.
+pub const CACERTS_PATH: &str = "/cacerts";
 
-/// Whether the request creates a `SelfSubjectAccessReview` or a `SelfSubjectReview`, which
-/// upstream's `system:basic-user` cluster role grants every authenticated user.
-pub fn is_self_review(attrs: &RequestAttributes<'_>) -> bool {
-    attrs.verb == "create"
-        && attrs.resource.as_ref().is_some_and(|r| {
-            r.subresource.is_none()
-                && matches!(
-                    (r.api_group.as_str(), r.resource.as_str()),
-                    ("authorization.k8s.io", "selfsubjectaccessreviews")
-                        | ("authentication.k8s.io", "selfsubjectreviews")
-                )
-        })
-}
-
-/// What is being asked. Today every request is treated as a non-resource request (verb from the
-/// HTTP method, the path); resource attributes (namespace, resource, name, subresource) arrive
-/// with the resource handlers.
+/// What is being asked: who, the verb, the path and, for resource requests, the resource.
 #[derive(Debug, Clone)]
 pub struct RequestAttributes<'a> {
     /// Who asks.
     pub identity: &'a Identity,
-    /// The lower-case verb (`get`, `post`, … for non-resource requests).
+    /// The lower-case verb (`get`, `list`, ... for resources; `get`, `post`, ... for
+    /// non-resource requests).
     pub verb: String,
     /// The request path.
     pub path: &'a str,
@@ -79,19 +70,51 @@ pub struct ResourceAttributes {
 pub enum Decision {
     /// Allowed.
     Allow,
-    /// Denied; the reason is for logs.
+    /// Not allowed (upstream's "no opinion": the next authorizer may still allow). The reason
+    /// is appended to the 403 message when not empty, as upstream does (`RBAC: [role "x"
+    /// not found]`, a node authorizer's explanation).
     Deny(String),
+}
+
+/// What an authorizer grants a user in a namespace: the answer of a SelfSubjectRulesReview
+/// (upstream's `RuleResolver.RulesFor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserRules {
+    /// Rules on resources.
+    pub resource_rules: Vec<PolicyRule>,
+    /// Rules on non-resource paths.
+    pub non_resource_rules: Vec<PolicyRule>,
+    /// Whether some authorizer could not list what it grants (the list is a lower bound).
+    pub incomplete: bool,
+    /// What went wrong evaluating (missing roles, authorizers that cannot list rules).
+    pub errors: Vec<String>,
+}
+
+impl UserRules {
+    /// Appends `other`.
+    pub fn extend(&mut self, other: UserRules) {
+        self.resource_rules.extend(other.resource_rules);
+        self.non_resource_rules.extend(other.non_resource_rules);
+        self.incomplete |= other.incomplete;
+        self.errors.extend(other.errors);
+    }
 }
 
 /// Decides whether a request may proceed.
 pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
     /// Authorizes one request.
     fn authorize(&self, attrs: &RequestAttributes<'_>) -> Decision;
+
+    /// What the authorizer grants `identity` in `namespace` (`""`: cluster-wide only). The
+    /// default grants nothing and is complete.
+    fn rules_for(&self, _identity: &Identity, _namespace: &str) -> UserRules {
+        UserRules::default()
+    }
 }
 
-/// The bootstrap policy: members of `system:masters` may do everything; everyone may `get` the
-/// [`PUBLIC_INFO_PATHS`]; authenticated users may create self reviews ([`is_self_review`]);
-/// everything else is denied.
+/// The privileged group: members of `system:masters` may do everything (upstream's
+/// `authorizerfactory.NewPrivilegedGroups`, tried before RBAC so that an administrator
+/// cannot lock themselves out by editing RBAC objects); everyone may `get` [`CACERTS_PATH`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MastersAuthorizer;
 
@@ -100,31 +123,31 @@ impl Authorizer for MastersAuthorizer {
         if attrs.identity.in_group(ADMIN_GROUP) {
             return Decision::Allow;
         }
-        if attrs.verb == "get" && is_public_info_path(attrs.path) {
+        if attrs.verb == "get" && attrs.resource.is_none() && attrs.path == CACERTS_PATH {
             return Decision::Allow;
         }
-        if attrs.identity.in_group(AUTHENTICATED_GROUP) && is_self_review(attrs) {
-            return Decision::Allow;
+        Decision::Deny(String::new())
+    }
+
+    fn rules_for(&self, identity: &Identity, _namespace: &str) -> UserRules {
+        if !identity.in_group(ADMIN_GROUP) {
+            return UserRules::default();
         }
-        // A node opens its own tunnel; which node it is comes from its identity.
-        if attrs.verb == "get"
-            && attrs.path == edgesite_api::tunnel::TUNNEL_PATH
-            && attrs
-                .identity
-                .in_group(crate::handlers::streams::NODES_GROUP)
-        {
-            return Decision::Allow;
+        let all = || vec!["*".to_owned()];
+        UserRules {
+            resource_rules: vec![PolicyRule {
+                verbs: all(),
+                api_groups: all(),
+                resources: all(),
+                ..PolicyRule::default()
+            }],
+            non_resource_rules: vec![PolicyRule {
+                verbs: all(),
+                non_resource_urls: all(),
+                ..PolicyRule::default()
+            }],
+            ..UserRules::default()
         }
-        if attrs.verb == "get"
-            && attrs.identity.in_group(AUTHENTICATED_GROUP)
-            && is_openapi_path(attrs.path)
-        {
-            return Decision::Allow;
-        }
-        Decision::Deny(format!(
-            "user {:?} is not in {ADMIN_GROUP}",
-            attrs.identity.user
-        ))
     }
 }
 
@@ -199,19 +222,39 @@ impl Authorizer for NodeAuthorizer {
             .filter(|_| attrs.identity.in_group(NODES_GROUP));
         match (node, &attrs.resource) {
             (Some(node), Some(r)) if Self::allows(node, &attrs.verb, r) => Decision::Allow,
+            // A node opens its own tunnel; which node it is comes from its identity.
+            (Some(_), None)
+                if attrs.verb == "get" && attrs.path == edgesite_api::tunnel::TUNNEL_PATH =>
+            {
+                Decision::Allow
+            }
             (Some(node), _) => Decision::Deny(format!(
                 "node {node:?} may not {} {}",
                 attrs.verb, attrs.path
             )),
-            (None, _) => Decision::Deny("not a node".into()),
+            // No opinion on other users, and nothing to say about them.
+            (None, _) => Decision::Deny(String::new()),
+        }
+    }
+
+    fn rules_for(&self, identity: &Identity, _namespace: &str) -> UserRules {
+        let is_node = identity.user.starts_with(NODE_USER_PREFIX) && identity.in_group(NODES_GROUP);
+        UserRules {
+            incomplete: is_node,
+            errors: if is_node {
+                vec!["node authorizer does not support user rule resolution".to_owned()]
+            } else {
+                Vec::new()
+            },
+            ..UserRules::default()
         }
     }
 }
 
 /// The authorizers in turn: the first that allows decides; denied when none does, with the
-/// reasons of all.
+/// non-empty reasons of all, one per line (upstream's union authorizer).
 #[derive(Debug)]
-pub struct Union(pub Vec<Box<dyn Authorizer>>);
+pub struct Union(pub Vec<Arc<dyn Authorizer>>);
 
 impl Authorizer for Union {
     fn authorize(&self, attrs: &RequestAttributes<'_>) -> Decision {
@@ -219,11 +262,49 @@ impl Authorizer for Union {
         for a in &self.0 {
             match a.authorize(attrs) {
                 Decision::Allow => return Decision::Allow,
-                Decision::Deny(reason) => why.push(reason),
+                Decision::Deny(reason) if !reason.is_empty() => why.push(reason),
+                Decision::Deny(_) => {}
             }
         }
-        Decision::Deny(why.join("; "))
+        Decision::Deny(why.join("\n"))
     }
+
+    fn rules_for(&self, identity: &Identity, namespace: &str) -> UserRules {
+        let mut out = UserRules::default();
+        for a in &self.0 {
+            out.extend(a.rules_for(identity, namespace));
+        }
+        out
+    }
+}
+
+/// Upstream's 403 message (`forbiddenMessage`): `User "alice" cannot list resource "pods" in
+/// API group "" in the namespace "default"`, `... at the cluster scope`, or `User "alice"
+/// cannot get path "/metrics"`; `reason`, when not empty, follows after `: `.
+pub fn forbidden_message(attrs: &RequestAttributes<'_>, reason: &str) -> String {
+    let user = &attrs.identity.user;
+    let mut msg = match &attrs.resource {
+        None => format!("User {user:?} cannot {} path {:?}", attrs.verb, attrs.path),
+        Some(r) => {
+            let resource = match &r.subresource {
+                Some(sub) => format!("{}/{sub}", r.resource),
+                None => r.resource.clone(),
+            };
+            let scope = match r.namespace.as_deref().filter(|n| !n.is_empty()) {
+                Some(ns) => format!("in the namespace {ns:?}"),
+                None => "at the cluster scope".to_owned(),
+            };
+            format!(
+                "User {user:?} cannot {} resource {resource:?} in API group {:?} {scope}",
+                attrs.verb, r.api_group
+            )
+        }
+    };
+    if !reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(reason);
+    }
+    msg
 }
 
 #[cfg(test)]
@@ -358,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn masters_allowed_others_denied() {
+    fn masters_allowed_others_left_to_rbac() {
         let admin = Identity::authenticated("a", vec![ADMIN_GROUP.into()]);
         let bob = Identity::authenticated("bob", vec![]);
         let z = MastersAuthorizer;
@@ -366,17 +447,55 @@ mod tests {
             z.authorize(&attrs(&admin, "delete", "/api")),
             Decision::Allow
         );
-        assert!(matches!(
-            z.authorize(&attrs(&bob, "get", "/api")),
-            Decision::Deny(_)
-        ));
         assert_eq!(
-            z.authorize(&attrs(&bob, "get", "/version")),
+            z.authorize(&attrs(&bob, "get", "/api")),
+            Decision::Deny(String::new())
+        );
+        assert_eq!(
+            z.authorize(&attrs(&Identity::anonymous(), "get", "/cacerts")),
             Decision::Allow
         );
-        assert!(matches!(
-            z.authorize(&attrs(&bob, "post", "/version")),
-            Decision::Deny(_)
-        ));
+        assert_eq!(z.rules_for(&admin, "").resource_rules.len(), 1);
+        assert_eq!(z.rules_for(&bob, ""), UserRules::default());
+    }
+
+    #[test]
+    fn forbidden_messages_have_upstreams_shape() {
+        let alice = Identity::authenticated("alice", vec![]);
+        let ns = resource(&alice, "list", ("", "pods", None), Some("default"), None);
+        assert_eq!(
+            forbidden_message(&ns, ""),
+            r#"User "alice" cannot list resource "pods" in API group "" in the namespace "default""#
+        );
+        let cluster = resource(
+            &alice,
+            "get",
+            ("apps", "deployments", Some("scale")),
+            None,
+            Some("d"),
+        );
+        assert_eq!(
+            forbidden_message(&cluster, "RBAC: x"),
+            r#"User "alice" cannot get resource "deployments/scale" in API group "apps" at the cluster scope: RBAC: x"#
+        );
+        assert_eq!(
+            forbidden_message(&attrs(&alice, "get", "/metrics"), ""),
+            r#"User "alice" cannot get path "/metrics""#
+        );
+    }
+
+    #[test]
+    fn union_allows_if_any_allows_and_joins_reasons() {
+        let node = Identity::authenticated("system:node:n", vec![NODES_GROUP.into()]);
+        let u = Union(vec![Arc::new(MastersAuthorizer), Arc::new(NodeAuthorizer)]);
+        assert_eq!(
+            u.authorize(&attrs(&node, "get", edgesite_api::tunnel::TUNNEL_PATH)),
+            Decision::Allow
+        );
+        assert_eq!(
+            u.authorize(&attrs(&node, "get", "/metrics")),
+            Decision::Deny(r#"node "n" may not get /metrics"#.into())
+        );
+        assert!(u.rules_for(&node, "default").incomplete);
     }
 }

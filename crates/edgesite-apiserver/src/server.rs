@@ -132,6 +132,9 @@ pub enum ServerError {
     /// The node join token could not be read or written, or pins another CA.
     #[error(transparent)]
     NodeToken(#[from] crate::join::TokenError),
+    /// The RBAC cache could not be started.
+    #[error("cannot start the RBAC cache: {0}")]
+    Rbac(String),
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves the accept loop running
@@ -148,6 +151,7 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     accept_loop: JoinHandle<()>,
     service_repair: JoinHandle<()>,
+    rbac_watches: tokio::task::JoinSet<()>,
     ca_cert_pem: String,
 }
 
@@ -217,9 +221,21 @@ impl Server {
             config.node_port_range.clone(),
             clock.clone(),
         ));
+        // Upstream's order: the privileged group, the node authorizer, then RBAC.
+        let rbac = crate::rbac::RbacAuthorizer::new();
+        let authorizer: Arc<dyn crate::authz::Authorizer> = Arc::new(Union(vec![
+            Arc::new(MastersAuthorizer),
+            Arc::new(NodeAuthorizer),
+            rbac.clone(),
+        ]));
         let state = Arc::new(ApiState {
             storage: crate::storage::Storage::new(store.clone()),
-            admission: crate::admission::AdmissionChain::standard(store.clone(), services.clone()),
+            admission: crate::admission::AdmissionChain::standard(
+                store.clone(),
+                services.clone(),
+                rbac.clone(),
+                authorizer.clone(),
+            ),
             services,
             clock: clock.clone(),
             store,
@@ -232,10 +248,7 @@ impl Server {
             })),
             version: discovery::version_info(&config.git_commit, &config.build_date),
             authenticator: Arc::new(UnionAuthenticator::with_tokens(tokens)),
-            authorizer: Arc::new(Union(vec![
-                Box::new(MastersAuthorizer),
-                Box::new(NodeAuthorizer),
-            ])),
+            authorizer,
             tunnels: Arc::new(crate::tunnel::TunnelRegistry::new()),
             shutting_down: AtomicBool::new(false),
             shutdown: shutdown_rx.clone(),
@@ -247,6 +260,15 @@ impl Server {
         }
         if let Err(err) = crate::handlers::resources::seed(&state, local_addr.port()).await {
             warn!(%err, "cannot seed the built-in objects");
+        }
+        // Before anything is served: the RBAC cache holds the stored policy, and the default
+        // roles and bindings are in it (without them only system:masters could do anything).
+        let rbac_watches = rbac
+            .start(&state, shutdown_rx.clone())
+            .await
+            .map_err(|e| ServerError::Rbac(e.to_string()))?;
+        if let Err(err) = crate::rbac::reconcile_bootstrap_policy(&state, &rbac).await {
+            warn!(%err, "cannot reconcile the default RBAC roles and bindings");
         }
         let app = router(state.clone());
         let accept_loop = tokio::spawn(accept_loop(
@@ -291,6 +313,7 @@ impl Server {
             shutdown_tx,
             accept_loop,
             service_repair,
+            rbac_watches,
             ca_cert_pem: pki.ca_cert_pem().to_owned(),
         })
     }
@@ -373,15 +396,21 @@ impl Server {
             warn!(%err, "accept loop ended abnormally");
         }
         let _ = self.service_repair.await;
+        // They hold watch caches, and so the store.
+        let mut rbac_watches = self.rbac_watches;
+        while rbac_watches.join_next().await.is_some() {}
         // The embedded store joins its writer thread on drop: do that off the async threads.
         // The router (kept for in-process clients) holds the state too.
         let (state, app) = (self.state, self.app);
         let released = Arc::downgrade(&state);
+        // Watch caches (the RBAC cache keeps four) stop their feeding tasks by aborting them,
+        // which drops their store handles a moment later: wait for the store itself too.
+        let store_released = Arc::downgrade(&state.store);
         let _ = tokio::task::spawn_blocking(move || drop((app, state))).await;
         // A task still finishing a request may hold the state a moment longer; the caller
         // expects the store closed (and its file free) once this returns.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_RELEASE_TIMEOUT;
-        while released.strong_count() > 0 {
+        while released.strong_count() > 0 || store_released.strong_count() > 0 {
             if tokio::time::Instant::now() >= deadline {
                 warn!("the server state is still held after shutdown; the store closes later");
                 break;

@@ -166,7 +166,7 @@ async fn anonymous_gets_public_info_only() -> Result<()> {
 }
 
 #[tokio::test]
-async fn non_masters_are_forbidden() -> Result<()> {
+async fn non_masters_get_discovery_and_nothing_else_without_rbac_bindings() -> Result<()> {
     let h = Harness::start().await?;
     let dir = h.server.kubeconfig_path().parent().context("data dir")?;
     let pki = edgesite_apiserver::ClusterPki::load_or_create(
@@ -178,13 +178,26 @@ async fn non_masters_are_forbidden() -> Result<()> {
         },
     )?;
     let bob = pki.issue_client_cert("bob", &["dev"], Duration::from_secs(3600))?;
-    let r = h.get(Some(&bob), "/api").await?;
+    // system:discovery and system:public-info-viewer, bound to every authenticated user.
+    assert_eq!(h.get(Some(&bob), "/api").await?.status, StatusCode::OK);
+    assert_eq!(
+        h.get(Some(&bob), "/openapi/v3").await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(h.get(Some(&bob), "/version").await?.status, StatusCode::OK);
+    let r = h.get(Some(&bob), "/metrics").await?;
     assert_status(&r, 403, "Forbidden");
     assert_eq!(
         r.json()["message"],
-        r#"forbidden: User "bob" cannot get path "/api""#
+        r#"forbidden: User "bob" cannot get path "/metrics""#
     );
-    assert_eq!(h.get(Some(&bob), "/version").await?.status, StatusCode::OK);
+    let r = h.get(Some(&bob), "/api/v1/namespaces/default/pods").await?;
+    assert_status(&r, 403, "Forbidden");
+    assert_eq!(
+        r.json()["message"],
+        r#"pods is forbidden: User "bob" cannot list resource "pods" in API group "" in the namespace "default""#
+    );
+    assert_eq!(r.json()["details"], serde_json::json!({"kind": "pods"}));
     h.server.shutdown().await;
     Ok(())
 }

@@ -14,9 +14,11 @@
 //! cargo run --release -p edgesite-bench -- --only cluster [--quick] # scheduler, controllers, hollow nodes
 //! cargo run --release -p edgesite-bench -- --only scheduling [--quick] # scheduler throughput, in-process
 //! cargo run --release -p edgesite-bench -- --only node [--quick] # pod start, agent footprint (root)
+//! cargo run --release -p edgesite-bench -- --only authz [--quick] # ns per authorization decision
 //! ```
 #![allow(clippy::disallowed_methods)] // a harness: it waits for and measures real processes
 
+mod authz;
 mod backend;
 mod cluster;
 mod machine;
@@ -129,6 +131,8 @@ enum Only {
     Cluster,
     /// the scheduler throughput figure (in-process server, 1000 hollow nodes, 10k pods)
     Scheduling,
+    /// the authorization figure of issue 13: one decision with 1000 RoleBindings, in-process
+    Authz,
     /// the node figures of issue 11: pod start through the agent and straight through CRI,
     /// the agent's and containerd's footprint, the binary size (needs root, containerd, CNI)
     Node,
@@ -164,6 +168,8 @@ enum FigureKind {
     Scheduling,
     /// node: pod start (agent vs direct CRI), agent/containerd RSS and CPU, binary size
     Node,
+    /// authorization: ns per decision with 1000 RoleBindings
+    Authz,
 }
 
 impl FigureKind {
@@ -187,7 +193,7 @@ impl FigureKind {
     fn is_server(self) -> bool {
         Self::SERVER.contains(&self)
             || Self::CLUSTER.contains(&self)
-            || matches!(self, Self::Scheduling | Self::Node)
+            || matches!(self, Self::Scheduling | Self::Node | Self::Authz)
     }
 }
 
@@ -218,7 +224,11 @@ impl Settings {
             backends: match cli.only {
                 Some(Only::Embedded) => vec![Kind::Embedded],
                 Some(Only::Etcd) => vec![Kind::Etcd],
-                Some(Only::Server | Only::Cluster | Only::Scheduling | Only::Node) => vec![],
+                Some(
+                    Only::Server | Only::Cluster | Only::Scheduling | Only::Node | Only::Authz,
+                ) => {
+                    vec![]
+                }
                 None => vec![Kind::Embedded, Kind::Etcd],
             },
             figures: match (cli.figures.is_empty(), cli.only) {
@@ -227,6 +237,7 @@ impl Settings {
                 (true, Some(Only::Cluster)) => FigureKind::CLUSTER.to_vec(),
                 (true, Some(Only::Scheduling)) => vec![FigureKind::Scheduling],
                 (true, Some(Only::Node)) => vec![FigureKind::Node],
+                (true, Some(Only::Authz)) => vec![FigureKind::Authz],
                 (true, Some(_)) => FigureKind::STORE.to_vec(),
                 (true, None) => [FigureKind::STORE, FigureKind::SERVER].concat(),
             },
@@ -450,7 +461,8 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             | FigureKind::ClusterRollout
             | FigureKind::ClusterIdle
             | FigureKind::Scheduling
-            | FigureKind::Node => {}
+            | FigureKind::Node
+            | FigureKind::Authz => {}
         }
     }
     if let Some(plan) = ctx.settings.server_plan() {
@@ -475,6 +487,9 @@ async fn run(settings: Settings, base: PathBuf) -> anyhow::Result<()> {
             eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
         };
         ctx.failures += scheduling::run(ctx.data.path(), ctx.settings.quick, &progress).await;
+    }
+    if ctx.settings.figures.contains(&FigureKind::Authz) {
+        ctx.failures += authz::run(ctx.settings.quick);
     }
     if ctx.settings.figures.contains(&FigureKind::Node) {
         let started = ctx.started;

@@ -22,6 +22,8 @@
 //!   stable names, both with rolling updates; [`revision`] keeps their templates as
 //!   ControllerRevisions.
 //!
+//! - [`clusterrole_aggregation`]: fills the rules of aggregated ClusterRoles (`admin`,
+//!   `edit`, `view`) from the ClusterRoles their selectors match.
 //! - [`node_lifecycle`]: marks nodes that stopped heartbeating `Unknown`, taints them
 //!   unreachable / not-ready and marks their pods not ready; under the edge policy their pods
 //!   are only evicted once the node's autonomy runs out (never by default).
@@ -30,6 +32,7 @@
 //! only while this process holds the controllers' Lease.
 #![warn(clippy::unwrap_used, clippy::expect_used)] // product code returns errors; tests may unwrap
 
+pub mod clusterrole_aggregation;
 pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
@@ -198,6 +201,9 @@ fn controllers(
         task!("endpoints", |c, _cfg, i| endpoints::run(c, &i)),
         task!("endpointslice", |c, _cfg, i| endpointslice::run(c, &i)),
         task!("serviceaccount", |c, _cfg, i| serviceaccount::run(c, &i)),
+        task!("clusterrole-aggregation", |c, _cfg, _i| {
+            clusterrole_aggregation::run(c)
+        }),
         task!("node-ipam", |c, cfg, i| async move {
             match cfg.cluster_cidr {
                 Some(cidr) => node_ipam::run(c, cidr, &i).await,

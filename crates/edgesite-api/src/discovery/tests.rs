@@ -212,7 +212,7 @@ fn aggregated_groups() {
     let ssar = &items
         .iter()
         .find(|i| i["metadata"]["name"] == "authorization.k8s.io")
-        .unwrap()["versions"][0]["resources"][0];
+        .unwrap()["versions"][0]["resources"][1];
     assert_eq!(
         *ssar,
         json!({"resource":"selfsubjectaccessreviews",

@@ -36,6 +36,7 @@ fn discovery_lists_every_group_version_with_its_hash() {
         "apis/coordination.k8s.io/v1",
         "apis/discovery.k8s.io/v1",
         "apis/events.k8s.io/v1",
+        "apis/rbac.authorization.k8s.io/v1",
     ];
     assert_eq!(paths.len(), expected.len());
     for gv in expected {

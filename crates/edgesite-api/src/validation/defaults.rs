@@ -69,6 +69,9 @@ pub(super) fn apply(r: &ResourceInfo, obj: &mut Value, create: bool) {
             secret_string_data(o);
         }
         ("", "Namespace") => namespace(o, &name, create),
+        (crate::rbac::GROUP, "RoleBinding" | "ClusterRoleBinding") => {
+            super::rbac::default_binding(o);
+        }
         ("", "Node") => node(o),
         ("", "Endpoints") => {
             for subset in each(o, "subsets") {

@@ -249,6 +249,7 @@ fn name_rule(r: &ResourceInfo) -> fn(&str) -> Vec<String> {
     match (r.group, r.kind) {
         ("", "Namespace") => dns1123_label,
         ("", "Service") => dns1035_label,
+        (crate::rbac::GROUP, _) => super::rbac::path_segment_name,
         _ => dns1123_subdomain,
     }
 }

@@ -28,6 +28,7 @@ mod batch;
 mod core;
 mod defaults;
 mod meta;
+mod rbac;
 
 use serde_json::{Map, Value};
 
@@ -89,6 +90,9 @@ pub fn validate_update(r: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause>
         ("apps", "StatefulSet") => apps::validate_statefulset_update(&old, new, &mut errs),
         ("apps", "ControllerRevision") => apps::validate_revision_update(&old, new, &mut errs),
         ("batch", "Job") => batch::validate_job_update(&old, new, &mut errs),
+        (crate::rbac::GROUP, "RoleBinding" | "ClusterRoleBinding") => {
+            rbac::validate_binding_update(&old, new, &mut errs);
+        }
         _ => {}
     }
     errs
@@ -152,6 +156,10 @@ fn validate_kind(r: &ResourceInfo, obj: &Value, errs: &mut Vec<Cause>) {
         ("batch", "CronJob") => batch::validate_cronjob(obj, errs),
         ("coordination.k8s.io", "Lease") => core::validate_lease(obj, errs),
         ("discovery.k8s.io", "EndpointSlice") => core::validate_endpointslice(obj, errs),
+        (crate::rbac::GROUP, "Role") => rbac::validate_role(obj, errs),
+        (crate::rbac::GROUP, "ClusterRole") => rbac::validate_cluster_role(obj, errs),
+        (crate::rbac::GROUP, "RoleBinding") => rbac::validate_binding(obj, true, errs),
+        (crate::rbac::GROUP, "ClusterRoleBinding") => rbac::validate_binding(obj, false, errs),
         _ => {}
     }
 }

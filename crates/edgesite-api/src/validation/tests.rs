@@ -1217,3 +1217,74 @@ fn namespace_finalizer_is_added_on_create_only() {
     assert!(finalized["spec"].get("finalizers").is_none(), "{finalized}");
     assert!(validate_update(r, &n, &finalized).is_empty());
 }
+
+#[test]
+fn rbac_objects_are_validated_and_defaulted_as_upstream() {
+    use crate::validation::{default_object, validate_update};
+    let role = registry::lookup("rbac.authorization.k8s.io", "v1", "roles").unwrap();
+    let cluster_role = registry::lookup("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+    let rb = registry::lookup("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
+    let crb = registry::lookup("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
+    let fields = |causes: Vec<Cause>| {
+        causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>()
+    };
+
+    let ok = json!({"metadata": {"name": "system:reader", "namespace": "d"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]});
+    assert!(
+        validate_create(role, &ok).is_empty(),
+        "RBAC names may hold colons"
+    );
+    let bad = json!({"metadata": {"name": "r", "namespace": "d"},
+        "rules": [{"verbs": []}, {"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]});
+    assert_eq!(
+        fields(validate_create(role, &bad)),
+        [
+            "rules[0].verbs: Required value: verbs must contain at least one value",
+            "rules[0].apiGroups: Required value: resource rules must supply at least one api group",
+            "rules[0].resources: Required value: resource rules must supply at least one resource",
+            "rules[1].nonResourceURLs: Invalid value: [\"/healthz\"]: namespaced rules cannot apply to non-resource URLs",
+        ]
+    );
+    let urls = json!({"metadata": {"name": "r"},
+        "rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]});
+    assert!(validate_create(cluster_role, &urls).is_empty());
+
+    let mut binding = json!({"metadata": {"name": "b", "namespace": "d"},
+        "roleRef": {"kind": "Role", "name": "r"},
+        "subjects": [{"kind": "User", "name": "alice"}, {"kind": "ServiceAccount", "name": "sa"}]});
+    default_object(rb, &mut binding);
+    assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+    assert_eq!(
+        binding["subjects"][0]["apiGroup"],
+        "rbac.authorization.k8s.io"
+    );
+    assert!(binding["subjects"][1].get("apiGroup").is_none());
+    assert!(validate_create(rb, &binding).is_empty());
+    let mut cluster_binding = binding.clone();
+    cluster_binding["metadata"] = json!({"name": "b"});
+    cluster_binding["subjects"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kind": "Robot", "name": "x"}));
+    assert_eq!(
+        fields(validate_create(crb, &cluster_binding)),
+        [
+            "roleRef.kind: Unsupported value: \"Role\": supported values: \"ClusterRole\"",
+            "subjects[1].namespace: Required value",
+            "subjects[2].kind: Unsupported value: \"Robot\": supported values: \"ServiceAccount\", \"User\", \"Group\"",
+        ]
+    );
+    let mut moved = binding.clone();
+    moved["roleRef"]["name"] = "other".into();
+    assert!(
+        fields(validate_update(rb, &binding, &moved))
+            .iter()
+            .any(
+                |e| e.starts_with("roleRef: Invalid value") && e.ends_with("cannot change roleRef")
+            )
+    );
+}

@@ -54,6 +54,7 @@ mod tests {
             operation,
             old,
             dry_run: false,
+            user: None,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Attributes<'a> {
     pub old: Option<&'a Value>,
     /// `dryRun=All`: decide, but keep nothing.
     pub dry_run: bool,
+    /// Who asks; `None` for the server's own writes (seeding, bootstrap policy).
+    pub user: Option<&'a crate::authn::Identity>,
 }
 
 /// What plugins took while admitting one write attempt, released if the write fails.
@@ -122,13 +124,20 @@ impl AdmissionChain {
         Self { plugins }
     }
 
-    /// The server's chain, in upstream's order.
-    pub fn standard(store: Arc<dyn Store>, services: Arc<ServiceAllocator>) -> Self {
+    /// The server's chain, in upstream's order; the RBAC escalation check (upstream's RBAC
+    /// registry, which runs before admission there) comes last, on the final object.
+    pub fn standard(
+        store: Arc<dyn Store>,
+        services: Arc<ServiceAllocator>,
+        rbac: Arc<crate::rbac::RbacAuthorizer>,
+        authorizer: Arc<dyn crate::authz::Authorizer>,
+    ) -> Self {
         Self::new(vec![
             Box::new(NamespaceLifecycle::new(store)),
             Box::new(Defaulting),
             Box::new(ServiceAllocation::new(services)),
             Box::new(Validation),
+            Box::new(crate::rbac::RbacEscalation::new(rbac, authorizer)),
         ])
     }
 

@@ -74,6 +74,7 @@ fn attrs() -> Attributes<'static> {
         operation: Operation::Create,
         old: None,
         dry_run: false,
+        user: None,
     }
 }
 
@@ -140,7 +141,8 @@ fn the_standard_chain_runs_in_upstreams_order() {
             30000..=32767,
             Arc::new(edgesite_clock::SystemClock),
         ));
-        let chain = AdmissionChain::standard(store, services);
+        let rbac = crate::rbac::RbacAuthorizer::new();
+        let chain = AdmissionChain::standard(store, services, rbac.clone(), rbac);
         chain.names()
     });
     assert_eq!(
@@ -149,7 +151,8 @@ fn the_standard_chain_runs_in_upstreams_order() {
             "NamespaceLifecycle",
             "Defaulting",
             "ServiceAllocation",
-            "Validation"
+            "Validation",
+            "RBACEscalation"
         ]
     );
 }

@@ -57,6 +57,7 @@ mod tests {
             operation,
             old,
             dry_run: false,
+            user: None,
         }
     }
 

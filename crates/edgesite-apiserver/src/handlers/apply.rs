@@ -198,7 +198,15 @@ pub(super) async fn apply_patch(
                     Err(ApplyError::Conflicts(c)) => return Ok(conflict_response(&c)),
                     Err(e) => return Err(typed_error(e)),
                 };
-                match create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await
+                match create_object(
+                    &ctx.state,
+                    ctx.r,
+                    ctx.ns.as_deref(),
+                    obj,
+                    ctx.dry_run(),
+                    ctx.user.as_ref(),
+                )
+                .await
                 {
                     Ok(created) => {
                         return Ok(fv::with_warnings(

@@ -474,6 +474,7 @@ pub async fn delete_object(
         operation: Operation::Delete,
         old: None,
         dry_run: opts.dry_run,
+        user: None,
     };
     let reserved = state
         .admission

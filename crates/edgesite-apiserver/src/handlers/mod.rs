@@ -32,7 +32,8 @@ use tracing::debug;
 
 use crate::authn::{Authenticator, AuthnResult, ConnectionInfo, Identity};
 use crate::authz::{
-    Authorizer, Decision, RequestAttributes, ResourceAttributes, is_public_info_path,
+    Authorizer, Decision, RequestAttributes, ResourceAttributes, forbidden_message,
+    is_public_info_path,
 };
 
 /// Everything handlers share.
@@ -61,6 +62,7 @@ pub struct ApiState {
     pub authenticator: Arc<dyn Authenticator>,
     /// Authorizes each request.
     pub authorizer: Arc<dyn Authorizer>,
+
     /// The nodes' tunnels, which the pod streams (logs, exec, port-forward) go through.
     pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
     /// Set when shutdown begins; `/readyz` then fails so load balancers stop sending traffic.
@@ -170,6 +172,22 @@ async fn authenticate_and_authorize(
         None if is_public_info_path(&path) => Identity::anonymous(),
         None => return status_response(&ApiError::unauthorized()),
     };
+    let identity = match crate::impersonation::impersonate(
+        state.authorizer.as_ref(),
+        identity,
+        req.headers(),
+        &path,
+    ) {
+        Ok(id) => id,
+        Err(crate::impersonation::Refusal::BadRequest(msg)) => {
+            return status_response(&ApiError::bad_request(msg));
+        }
+        Err(crate::impersonation::Refusal::Forbidden(err)) => {
+            debug!(%method, %path, %err, "impersonation refused");
+            return status_response(&err);
+        }
+    };
+    crate::impersonation::strip(req.headers_mut());
     let target = target::parse_path(&path);
     let (verb, resource) = match &target {
         Some(Some(t)) => (
@@ -180,7 +198,13 @@ async fn authenticate_and_authorize(
                 api_group: t.resource.group.to_owned(),
                 resource: t.resource.plural.to_owned(),
                 subresource: t.subresource.map(|s| s.as_str().to_owned()),
-                namespace: t.namespace.clone(),
+                // A namespace is its own namespace, as upstream's request info has it: `view`
+                // bound in `dev` may get namespace `dev`.
+                namespace: if t.resource.group.is_empty() && t.resource.plural == "namespaces" {
+                    t.name.clone()
+                } else {
+                    t.namespace.clone()
+                },
                 name: t.name.clone(),
             }),
         ),
@@ -194,11 +218,19 @@ async fn authenticate_and_authorize(
     };
     if let Decision::Deny(why) = state.authorizer.authorize(&attrs) {
         debug!(%method, %path, user = %identity.user, %why, "forbidden");
-        let message = format!(
-            "forbidden: User {:?} cannot {} path {:?}",
-            identity.user, attrs.verb, path
-        );
-        return status_json_response(StatusCode::FORBIDDEN, "Forbidden", &message);
+        let message = forbidden_message(&attrs, &why);
+        return match &attrs.resource {
+            Some(r) => status_response(&ApiError::forbidden(
+                edgesite_api::registry::GroupResource::new(&r.api_group, &r.resource),
+                r.name.as_deref().unwrap_or_default(),
+                &message,
+            )),
+            None => status_json_response(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("forbidden: {message}"),
+            ),
+        };
     }
     let user = identity.user.clone();
     req.extensions_mut().insert(identity);

@@ -49,6 +49,8 @@ struct Ctx {
     table: bool,
     /// Who `managedFields` credits for this write (`None`: an apply, which records itself).
     manager: Option<String>,
+    /// Who asks (admission's RBAC escalation check needs it).
+    user: Option<crate::authn::Identity>,
 }
 
 impl Ctx {
@@ -110,6 +112,7 @@ async fn handle_inner(
     let content_type = body::media_type(req.headers());
     let method = req.method().clone();
     let manager = apply::manager_for(&method, &content_type, &query, req.headers());
+    let user = req.extensions().get::<crate::authn::Identity>().cloned();
     let ctx = Ctx {
         state,
         r: target.resource,
@@ -117,6 +120,7 @@ async fn handle_inner(
         query,
         table,
         manager,
+        user,
     };
     let body = body::read_body(req.into_body()).await?;
     let w = Write {
@@ -232,7 +236,15 @@ async fn create(ctx: &Ctx, w: Write<'_>) -> Result<Response, ApiError> {
     let mut obj = body::decode_object(w.content_type, w.body)?;
     let warnings = ctx.validate_fields(fv::Operation::Create, &mut obj)?;
     apply::record_create(ctx, &mut obj);
-    let created = create_object(&ctx.state, ctx.r, ctx.ns.as_deref(), obj, ctx.dry_run()).await?;
+    let created = create_object(
+        &ctx.state,
+        ctx.r,
+        ctx.ns.as_deref(),
+        obj,
+        ctx.dry_run(),
+        ctx.user.as_ref(),
+    )
+    .await?;
     Ok(fv::with_warnings(
         ctx.respond(StatusCode::CREATED, &created),
         &warnings,
@@ -393,6 +405,7 @@ pub async fn create_object(
     ns: Option<&str>,
     mut obj: Value,
     dry_run: bool,
+    user: Option<&crate::authn::Identity>,
 ) -> Result<Value, ApiError> {
     check_type(r, &mut obj)?;
     check_namespace(r, ns, &mut obj)?;
@@ -426,7 +439,7 @@ pub async fn create_object(
         } else {
             given.clone()
         };
-        match create_named(state, r, ns, &name, obj.clone(), dry_run).await {
+        match create_named(state, r, ns, &name, obj.clone(), dry_run, user).await {
             Err(StoreError::AlreadyExists { .. }) if given.is_empty() => continue,
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(ApiError::already_exists(r, &name));
@@ -447,6 +460,7 @@ async fn create_named(
     name: &str,
     mut obj: Value,
     dry_run: bool,
+    user: Option<&crate::authn::Identity>,
 ) -> Result<Result<Value, ApiError>, StoreError> {
     // Admitted once named (errors carry the name, Job labels use it).
     if let Some(md) = metadata_mut(&mut obj) {
@@ -459,6 +473,7 @@ async fn create_named(
         operation: Operation::Create,
         old: None,
         dry_run,
+        user,
     };
     let admitted = async {
         let reserved = state.admission.admit(&a, &mut obj).await?;
@@ -656,6 +671,7 @@ where
             operation: self.operation,
             old: Some(current),
             dry_run: self.ctx.dry_run(),
+            user: self.ctx.user.as_ref(),
         };
         admit_update(self.ctx, &a, current, new, rev).await
     }
@@ -932,7 +948,7 @@ pub async fn seed(state: &ApiState, secure_port: u16) -> Result<(), ApiError> {
     let ns = registry::builtin("", "v1", "namespaces");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-        match create_object(state, ns, None, obj, false).await {
+        match create_object(state, ns, None, obj, false, None).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -965,7 +981,7 @@ pub async fn seed(state: &ApiState, secure_port: u16) -> Result<(), ApiError> {
         },
         "status": {"loadBalancer": {}},
     });
-    match create_object(state, svc, Some("default"), obj, false).await {
+    match create_object(state, svc, Some("default"), obj, false, None).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e),
     }

@@ -1,6 +1,9 @@
 //! Reviews: `SelfSubjectAccessReview` (authorization.k8s.io/v1, what `kubectl auth can-i`
-//! posts) and `SelfSubjectReview` (authentication.k8s.io/v1, `kubectl auth whoami`). Both are
-//! computed from the requesting identity and answered with `201 Created`; nothing is stored.
+//! posts), `SelfSubjectRulesReview` (`kubectl auth can-i --list`), `SubjectAccessReview` and
+//! `LocalSubjectAccessReview` (another user's access, for whoever may create them: cluster
+//! and namespace admins), and `SelfSubjectReview` (authentication.k8s.io/v1, `kubectl auth
+//! whoami`). All are answered from the server's authorizer with `201 Created`; nothing is
+//! stored.
 
 use std::sync::Arc;
 
@@ -22,8 +25,13 @@ use crate::authz::{Decision, RequestAttributes, ResourceAttributes};
 pub fn is_review(target: &Target) -> bool {
     matches!(
         (target.resource.group, target.resource.plural),
-        ("authorization.k8s.io", "selfsubjectaccessreviews")
-            | ("authentication.k8s.io", "selfsubjectreviews")
+        (
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews"
+                | "selfsubjectrulesreviews"
+                | "subjectaccessreviews"
+                | "localsubjectaccessreviews"
+        ) | ("authentication.k8s.io", "selfsubjectreviews")
     )
 }
 
@@ -42,7 +50,10 @@ async fn handle_inner(
     req: Request,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    if target.namespace.is_some() || target.name.is_some() || target.subresource.is_some() {
+    if target.namespace.is_some() != r.namespaced
+        || target.name.is_some()
+        || target.subresource.is_some()
+    {
         return Err(ApiError::not_found(
             r,
             target.name.as_deref().unwrap_or_default(),
@@ -66,7 +77,16 @@ async fn handle_inner(
     let mut obj = body::decode_object(&content_type, &bytes)?;
     check_type(r, &mut obj)?;
     let out = match r.plural {
-        "selfsubjectaccessreviews" => access_review(state, r, &identity, obj)?,
+        "selfsubjectaccessreviews" => access_review(state, r, &identity, obj, None)?,
+        "subjectaccessreviews" => {
+            let subject = subject_of(r, &obj)?;
+            access_review(state, r, &subject, obj, None)?
+        }
+        "localsubjectaccessreviews" => {
+            let subject = subject_of(r, &obj)?;
+            access_review(state, r, &subject, obj, target.namespace.as_deref())?
+        }
+        "selfsubjectrulesreviews" => rules_review(state, r, &identity, obj),
         _ => self_subject_review(r, &identity, obj),
     };
     Ok(json_response(StatusCode::CREATED, &out))
@@ -92,12 +112,88 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
+/// The user a (Local)SubjectAccessReview asks about: `spec.user`, `spec.groups` (as given:
+/// upstream adds no `system:authenticated`), `spec.uid` and `spec.extra`.
+fn subject_of(r: &ResourceInfo, obj: &Value) -> Result<Identity, ApiError> {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let user = spec.get("user").and_then(Value::as_str).unwrap_or_default();
+    let groups: Vec<String> = spec
+        .get("groups")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if user.is_empty() && groups.is_empty() {
+        return Err(ApiError::invalid(
+            r,
+            "",
+            vec![Cause::invalid(
+                "spec.user",
+                &Value::String(String::new()),
+                "at least one of user or group must be specified",
+            )],
+        ));
+    }
+    let extra = spec
+        .get("extra")
+        .and_then(|e| serde_json::from_value(e.clone()).ok())
+        .unwrap_or_default();
+    Ok(Identity {
+        user: user.to_owned(),
+        uid: spec
+            .get("uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        groups,
+        extra,
+    })
+}
+
+/// An access review for `identity`; `local_namespace` is the namespace of a
+/// LocalSubjectAccessReview's path, which its `spec.resourceAttributes.namespace` must match
+/// (and defaults to).
 fn access_review(
     state: &ApiState,
     r: &ResourceInfo,
     identity: &Identity,
-    obj: Value,
+    mut obj: Value,
+    local_namespace: Option<&str>,
 ) -> Result<Value, ApiError> {
+    if let Some(ns) = local_namespace {
+        if obj.pointer("/spec/nonResourceAttributes").is_some() {
+            return Err(ApiError::invalid(
+                r,
+                "",
+                vec![Cause::invalid(
+                    "spec.nonResourceAttributes",
+                    obj.pointer("/spec/nonResourceAttributes")
+                        .unwrap_or(&Value::Null),
+                    "disallowed on this kind of request",
+                )],
+            ));
+        }
+        if let Some(a) = obj
+            .pointer_mut("/spec/resourceAttributes")
+            .and_then(Value::as_object_mut)
+        {
+            let given = a
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if given.is_empty() {
+                a.insert("namespace".into(), ns.into());
+            } else if given != ns {
+                return Err(ApiError::bad_request(format!(
+                    "spec.resourceAttributes.namespace must match namespace: {given} {ns}"
+                )));
+            }
+        }
+    }
     let spec = obj.get("spec").and_then(Value::as_object);
     let resource_attrs = spec
         .and_then(|s| s.get("resourceAttributes"))
@@ -168,11 +264,10 @@ fn access_review(
     };
     let status = match state.authorizer.authorize(&attrs) {
         Decision::Allow => json!({"allowed": true}),
-        // Like RBAC's "no opinion", no reason: kubectl then prints a plain "no".
-        Decision::Deny(why) => {
-            tracing::debug!(user = %identity.user, %why, "access review denied");
-            json!({"allowed": false})
-        }
+        // "No opinion" carries the authorizers' reason only when they gave one (a missing
+        // role); kubectl prints "no" and, with a reason, "no - <reason>".
+        Decision::Deny(why) if why.is_empty() => json!({"allowed": false}),
+        Decision::Deny(why) => json!({"allowed": false, "reason": why}),
     };
     Ok(json!({
         "kind": r.kind,
@@ -181,6 +276,53 @@ fn access_review(
         "spec": obj.get("spec").cloned().unwrap_or_else(|| json!({})),
         "status": status,
     }))
+}
+
+/// A SelfSubjectRulesReview: every rule the authorizers grant the requester in
+/// `spec.namespace`, as `kubectl auth can-i --list` shows them.
+fn rules_review(state: &ApiState, r: &ResourceInfo, identity: &Identity, obj: Value) -> Value {
+    let namespace = obj
+        .pointer("/spec/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let rules = state.authorizer.rules_for(identity, namespace);
+    let resource_rules: Vec<Value> = rules
+        .resource_rules
+        .iter()
+        .map(|rule| {
+            let mut v = json!({"verbs": rule.verbs});
+            for (k, list) in [
+                ("apiGroups", &rule.api_groups),
+                ("resources", &rule.resources),
+                ("resourceNames", &rule.resource_names),
+            ] {
+                if !list.is_empty() {
+                    v[k] = json!(list);
+                }
+            }
+            v
+        })
+        .collect();
+    let non_resource_rules: Vec<Value> = rules
+        .non_resource_rules
+        .iter()
+        .map(|rule| json!({"verbs": rule.verbs, "nonResourceURLs": rule.non_resource_urls}))
+        .collect();
+    let mut status = json!({
+        "resourceRules": resource_rules,
+        "nonResourceRules": non_resource_rules,
+        "incomplete": rules.incomplete,
+    });
+    if !rules.errors.is_empty() {
+        status["evaluationError"] = Value::String(rules.errors.join(", "));
+    }
+    json!({
+        "kind": r.kind,
+        "apiVersion": r.api_version(),
+        "metadata": response_metadata(&obj),
+        "spec": obj.get("spec").cloned().unwrap_or_else(|| json!({})),
+        "status": status,
+    })
 }
 
 fn self_subject_review(r: &ResourceInfo, identity: &Identity, obj: Value) -> Value {

@@ -338,6 +338,19 @@ impl SystemCluster {
         running.kill()
     }
 
+    /// Stops the server with SIGTERM and starts it again on the same data directory (a new
+    /// port: the kubeconfig is rewritten), with the same `extra` arguments as the first start.
+    pub fn restart(&mut self, extra: &[&str]) -> Result<()> {
+        let server = self.server.take().context("server already stopped")?;
+        let log = self.dir.path().join("server.log");
+        terminate(server, &log)?;
+        let data = self.dir.path().join("data");
+        let (server, took) = start_server(&data, &log, extra)?;
+        println!("edgesite server restarted: kubeconfig after {took:?}");
+        self.server = Some(server);
+        Ok(())
+    }
+
     /// Stops the server with SIGTERM and checks it shut down cleanly.
     pub fn stop(mut self) -> Result<()> {
         for (_, mut sim) in self.sims.drain(..) {
