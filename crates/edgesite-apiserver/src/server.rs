@@ -404,19 +404,23 @@ impl Server {
         let (state, app) = (self.state, self.app);
         let released = Arc::downgrade(&state);
         // Watch caches (the RBAC cache keeps four) stop their feeding tasks by aborting them,
-        // which drops their store handles a moment later: wait for the store itself too.
-        let store_released = Arc::downgrade(&state.store);
+        // which drops their store handles a moment later. Keep one handle here and drop it
+        // last, ourselves: the store closes its file in its destructor, and a strong count of
+        // zero seen from here would only say that some other thread has begun that drop.
+        let store = state.store.clone();
         let _ = tokio::task::spawn_blocking(move || drop((app, state))).await;
         // A task still finishing a request may hold the state a moment longer; the caller
         // expects the store closed (and its file free) once this returns.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_RELEASE_TIMEOUT;
-        while released.strong_count() > 0 || store_released.strong_count() > 0 {
+        while released.strong_count() > 0 || Arc::strong_count(&store) > 1 {
             if tokio::time::Instant::now() >= deadline {
                 warn!("the server state is still held after shutdown; the store closes later");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The last handle: this drop joins the store's writer and closes its file.
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         info!("shut down");
     }
 }
