@@ -128,11 +128,13 @@ struct ComponentsIndex<'a> {
 #[derive(Deserialize)]
 struct KindsOf {
     #[serde(rename = "x-kubernetes-group-version-kind", default)]
-    gvks: Vec<GroupVersionKind>,
+    gvks: Vec<KindEntry>,
 }
 
+/// One entry of `x-kubernetes-group-version-kind` (owned strings, unlike the registry's
+/// `GroupVersionKind` of static names).
 #[derive(Deserialize)]
-struct GroupVersionKind {
+struct KindEntry {
     #[serde(default)]
     group: String,
     #[serde(default)]

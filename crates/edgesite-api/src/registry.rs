@@ -29,7 +29,7 @@ pub use fields::{
 };
 
 /// Every verb a resource can support, in upstream's (alphabetical) order.
-const ALL_VERBS: &[&str] = &[
+pub(crate) const ALL_VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",

@@ -10,16 +10,8 @@ use super::{AUTOUPDATE_ANNOTATION, GROUP, PolicyRule, covers, rules_of};
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const READ_WRITE: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// Upstream's `ReadWrite`: every verb a resource can have.
+const READ_WRITE: &[&str] = crate::registry::ALL_VERBS;
 
 /// The label upstream puts on every default object.
 pub const BOOTSTRAPPING_LABEL: (&str, &str) = ("kubernetes.io/bootstrapping", "rbac-defaults");
